@@ -1,0 +1,48 @@
+"""rfest: exact receptive fields of convolutional networks, from gradients, in any framework."""
+
+from rfest._api import compute
+from rfest._errors import (
+    BackendError,
+    BackendLoadError,
+    BackendNotInstalledError,
+    EstimationError,
+    InputShapeError,
+    ModelCallError,
+    NoDependenceError,
+    NonFiniteGradientError,
+    NonUniformWarning,
+    OutputNotFoundError,
+    ProbeSizeError,
+    RFEstError,
+    SizeDependentGeometryError,
+    UnknownBackendError,
+    UnrecognizedModelError,
+)
+from rfest._protocol import GradientProvider
+from rfest._registry import available_backends, register_backend
+from rfest._result import ReceptiveField
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendError",
+    "BackendLoadError",
+    "BackendNotInstalledError",
+    "EstimationError",
+    "GradientProvider",
+    "InputShapeError",
+    "ModelCallError",
+    "NoDependenceError",
+    "NonFiniteGradientError",
+    "NonUniformWarning",
+    "OutputNotFoundError",
+    "ProbeSizeError",
+    "RFEstError",
+    "ReceptiveField",
+    "SizeDependentGeometryError",
+    "UnknownBackendError",
+    "UnrecognizedModelError",
+    "available_backends",
+    "compute",
+    "register_backend",
+]

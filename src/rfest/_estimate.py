@@ -1,0 +1,393 @@
+"""The estimator: fit size, stride and padding per axis from the support of gradient maps.
+
+Framework-blind: it sees a :class:`~rfest.GradientProvider` and numpy arrays only.
+
+Along each spatial axis it probes a run of neighbouring output units near the middle plus
+the units at both ends, in one batched gradient call per probe size, and reads where each
+unit's gradient is non-zero. An end of a support that lies more than the largest observed
+hole away from the input border cannot be clipped; only such ends enter the fit. When no
+unit is wholly inside the input, the probe input grows along that axis only, by multiples
+of the total stride once that is known, so the geometry of the size the user gave (which
+'same' padding depends on) is kept. Units must agree on stride and offset at every
+position probed; otherwise the field is reported as non-uniform.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+
+from rfest._errors import (
+    EstimationError,
+    InputShapeError,
+    NoDependenceError,
+    NonFiniteGradientError,
+    ProbeSizeError,
+    SizeDependentGeometryError,
+)
+from rfest._protocol import GradientProvider
+from rfest._result import ReceptiveField
+from rfest._support import Interval, axis_supports
+
+__all__ = ["DEFAULT_FREE_SIZE", "DEFAULT_MAX_INPUT_SIZE", "AxisGeometry", "estimate"]
+
+DEFAULT_FREE_SIZE = 32
+"""Spatial size probed first along an axis the user left free (``None``)."""
+
+DEFAULT_MAX_INPUT_SIZE = 4096
+"""Largest probe size along one axis before rfest gives up (option ``max_input_size``)."""
+
+_RUN_HALF_WIDTH = 2  # a run of 5 neighbours: four steps see any phase pattern of period <= 4
+
+
+@dataclass(frozen=True)
+class AxisGeometry:
+    """What the estimator found along one spatial axis; ``size`` None means global."""
+
+    size: int | None
+    stride: int | None
+    padding: int | None
+    uniform: bool
+    probe_size: int
+
+
+@dataclass(frozen=True)
+class _Probe:
+    """Supports of the probed units along one axis at one probe size."""
+
+    n: int
+    m: int
+    units: tuple[int, ...]
+    supports: tuple[Interval, ...]
+
+    @property
+    def gap(self) -> int:
+        """Widest hole inside the supports that touch neither border.
+
+        Border units are left out: reflect and circular padding fold or wrap their
+        supports, which opens holes the field itself does not have.
+        """
+        return max(
+            (s.gap for s in self.supports if s.lo > 0 and s.hi < self.n - 1), default=0
+        )
+
+    @property
+    def whole(self) -> bool:
+        return all(s.lo == 0 and s.hi == self.n - 1 for s in self.supports)
+
+    def exact_starts(self) -> dict[int, int]:
+        """Starts that cannot be clipped: further from index 0 than any hole is wide."""
+        return {i: s.lo for i, s in zip(self.units, self.supports) if s.lo > self.gap}
+
+    def exact_ends(self) -> dict[int, int]:
+        return {
+            i: s.hi
+            for i, s in zip(self.units, self.supports)
+            if s.hi < self.n - 1 - self.gap
+        }
+
+
+@dataclass(frozen=True)
+class _Stride:
+    value: int
+    uniform: bool
+
+
+def estimate(
+    provider: GradientProvider,
+    output_name: str,
+    *,
+    max_input_size: int = DEFAULT_MAX_INPUT_SIZE,
+) -> ReceptiveField:
+    """Receptive field of ``output_name``, measured through ``provider``."""
+    base = _base_shape(provider.spatial_shape)
+    out_shape = _output_shape(provider, base, output_name)
+    if any(size < 1 for size in out_shape):
+        raise EstimationError(
+            f"output {output_name!r} is empty ({out_shape}) for input {base}: the input is "
+            f"smaller than the network can take; pass a larger input_shape"
+        )
+    if len(out_shape) == 0:
+        axes = _no_spatial_axes(provider, base, output_name)
+    elif len(out_shape) != len(base):
+        raise EstimationError(
+            f"output {output_name!r} has {len(out_shape)} spatial axes {out_shape}, the input "
+            f"has {len(base)} {base}: rfest cannot tell which output axis follows which input "
+            f"axis; choose an output that keeps the input's spatial axes"
+        )
+    else:
+        axes = [
+            _measure_axis(provider, output_name, base, out_shape, axis, max_input_size)
+            for axis in range(len(base))
+        ]
+    return _result(output_name, base, out_shape, axes)
+
+
+def _result(
+    output_name: str,
+    base: tuple[int, ...],
+    out_shape: tuple[int, ...],
+    axes: Sequence[AxisGeometry],
+) -> ReceptiveField:
+    is_global = all(a.size is None for a in axes)
+    offsets = tuple(
+        None if a.size is None or a.padding is None else (a.size - 1) / 2 - a.padding
+        for a in axes
+    )
+    return ReceptiveField(
+        size=None if is_global else tuple(a.size for a in axes),
+        stride=None if is_global else tuple(a.stride for a in axes),
+        padding=None if is_global else tuple(a.padding for a in axes),
+        offset=None if is_global else offsets,
+        input_shape=base,
+        output_shape=out_shape,
+        is_global=is_global,
+        uniform=all(a.uniform for a in axes),
+        probe_shape=tuple(a.probe_size for a in axes),
+        output=output_name,
+    )
+
+
+def _base_shape(spatial_shape: Sequence[int | None]) -> tuple[int, ...]:
+    base = []
+    for axis, size in enumerate(spatial_shape):
+        if size is None:
+            base.append(DEFAULT_FREE_SIZE)
+        elif isinstance(size, (int, np.integer)) and not isinstance(size, bool) and size > 0:
+            base.append(int(size))
+        else:
+            raise InputShapeError(
+                f"spatial size {size!r} on axis {axis} is not a positive integer; "
+                f"give each spatial size as an int >= 1, or None to let rfest choose"
+            )
+    if not 1 <= len(base) <= 3:
+        raise InputShapeError(
+            f"the input has {len(base)} spatial axes; rfest supports 1, 2 or 3"
+        )
+    return tuple(base)
+
+
+def _output_shape(
+    provider: GradientProvider, spatial: tuple[int, ...], output_name: str
+) -> tuple[int, ...]:
+    return tuple(int(s) for s in provider.output_shapes(spatial)[output_name])
+
+
+def _gradient_supports(
+    provider: GradientProvider,
+    output_name: str,
+    spatial: tuple[int, ...],
+    units: Sequence[tuple[int, ...]],
+    axis: int,
+) -> list[Interval]:
+    maps = np.asarray(provider.gradient_maps(spatial, output_name, units))
+    expected = (len(units), *spatial)
+    if maps.shape != expected:
+        raise EstimationError(
+            f"the backend returned gradient maps of shape {maps.shape} for output "
+            f"{output_name!r}; expected {expected} (one map per probed unit)"
+        )
+    if not np.all(np.isfinite(maps)):
+        raise NonFiniteGradientError(
+            f"the gradient of output {output_name!r} holds NaN or infinity at input size "
+            f"{spatial}; the model overflows or divides by zero on a positive input. Try "
+            f"dtype='float64', linearize=True, or an output earlier in the network"
+        )
+    supports = axis_supports(maps, axis)
+    for unit, support in zip(units, supports):
+        if support is None:
+            raise NoDependenceError(
+                f"output {output_name!r} unit {unit} does not depend on the input (its "
+                f"gradient is zero everywhere at input size {spatial}). Check that the output "
+                f"is computed from this input, or use linearize=True so activations cannot "
+                f"block the gradient"
+            )
+    return supports  # type: ignore[return-value]
+
+
+def _no_spatial_axes(
+    provider: GradientProvider, base: tuple[int, ...], output_name: str
+) -> list[AxisGeometry]:
+    axes = []
+    for axis, n in enumerate(base):
+        (support,) = _gradient_supports(provider, output_name, base, [()], axis)
+        if (support.lo, support.hi) != (0, n - 1):
+            raise EstimationError(
+                f"output {output_name!r} has no spatial axes but depends only on input "
+                f"indices {support.lo}..{support.hi} of {n} along axis {axis}; rfest cannot "
+                f"map it back onto the input grid. Choose an output with spatial axes"
+            )
+        axes.append(AxisGeometry(None, None, None, True, n))
+    return axes
+
+
+def _measure_axis(
+    provider: GradientProvider,
+    output_name: str,
+    base: tuple[int, ...],
+    base_out: tuple[int, ...],
+    axis: int,
+    max_input_size: int,
+) -> AxisGeometry:
+    n0 = base[axis]
+    n, m = n0, base_out[axis]
+    stride: _Stride | None = None
+    centre = m // 2
+    cap = max(max_input_size, n0)
+    while True:
+        probe = _probe(provider, output_name, base, base_out, axis, n, m, centre)
+        if probe.whole:
+            if _output_len(provider, output_name, base, axis, cap) == m or n >= cap:
+                return AxisGeometry(None, None, None, True, n)
+        else:
+            stride = _stride(probe) or stride
+            if stride is not None and (n - n0) % stride.value == 0:
+                fit = _fit(probe, stride)
+                if fit is not None:
+                    _check_growth(provider, output_name, base, axis, base_out[axis], fit)
+                    return fit
+        if n >= cap:
+            raise ProbeSizeError(
+                f"the receptive field of output {output_name!r} along axis {axis} does not "
+                f"fit in a probe input of size {n} (the cap): no unit's field lies wholly "
+                f"inside it. Raise the cap with max_input_size=..., or choose an earlier "
+                f"output"
+            )
+        n, inside = _next_size(probe, n0, stride, cap)
+        m = _output_len(provider, output_name, base, axis, n)
+        centre = m // 2 if inside is None else inside
+
+
+def _probe(
+    provider: GradientProvider,
+    output_name: str,
+    base: tuple[int, ...],
+    base_out: tuple[int, ...],
+    axis: int,
+    n: int,
+    m: int,
+    centre: int,
+) -> _Probe:
+    spatial = _with(base, axis, n)
+    units_along = _probe_units(m, centre)
+    middle = tuple(size // 2 for size in base_out)
+    units = [_with(middle, axis, i) for i in units_along]
+    supports = _gradient_supports(provider, output_name, spatial, units, axis)
+    return _Probe(n, m, units_along, tuple(supports))
+
+
+def _probe_units(m: int, centre: int) -> tuple[int, ...]:
+    """A run of neighbours around ``centre`` (phases, stride) plus both ends (reach)."""
+    width = 2 * _RUN_HALF_WIDTH + 1
+    start = min(max(0, centre - _RUN_HALF_WIDTH), max(0, m - width))
+    run = range(start, min(m, start + width))
+    return tuple(sorted({*run, 0, 1, m - 2, m - 1} & set(range(m))))
+
+
+def _stride(probe: _Probe) -> _Stride | None:
+    """Total stride from the exactly known starts and ends; None when fewer than two.
+
+    Every step between probed neighbours and the slope across the widest span must be
+    the same integer; otherwise the units do not share one geometry.
+    """
+    steps: set[Fraction] = set()
+    widest: tuple[int, Fraction] | None = None
+    for positions in (probe.exact_starts(), probe.exact_ends()):
+        units = sorted(positions)
+        steps.update(
+            Fraction(positions[b] - positions[a], b - a) for a, b in zip(units, units[1:])
+        )
+        if len(units) >= 2:
+            span = units[-1] - units[0]
+            slope = Fraction(positions[units[-1]] - positions[units[0]], span)
+            if widest is None or span > widest[0]:
+                widest = (span, slope)
+    if widest is None:
+        return None
+    slope = widest[1]
+    if len(steps) == 1 and slope.denominator == 1 and slope >= 1:
+        return _Stride(int(slope), uniform=True)
+    return _Stride(max(1, round(slope)), uniform=False)
+
+
+def _fit(probe: _Probe, stride: _Stride) -> AxisGeometry | None:
+    """Size and padding from a probe holding at least one unclipped unit, else None."""
+    starts, ends = probe.exact_starts(), probe.exact_ends()
+    interior = [i for i in starts if i in ends]
+    if not interior:
+        return None
+    s = stride.value
+    paddings = {i * s - lo for i, lo in starts.items()}
+    reaches = {hi - i * s for i, hi in ends.items()}
+    if stride.uniform and len(paddings) == 1 and len(reaches) == 1:
+        (padding,), (reach,) = paddings, reaches
+        return AxisGeometry(reach + padding + 1, s, padding, True, probe.n)
+    widest = max(interior, key=lambda i: ends[i] - starts[i])
+    return AxisGeometry(
+        ends[widest] - starts[widest] + 1, s, widest * s - starts[widest], False, probe.n
+    )
+
+
+def _next_size(
+    probe: _Probe, n0: int, stride: _Stride | None, cap: int
+) -> tuple[int, int | None]:
+    """Next probe size along the axis, and the first unit expected to lie wholly inside."""
+    if stride is None:
+        return min(2 * probe.n, cap), None
+    s = stride.value
+    target = 2 * probe.n
+    centre = None
+    starts, ends = probe.exact_starts(), probe.exact_ends()
+    if starts and ends and stride.uniform:
+        i, lo = next(iter(starts.items()))
+        j, hi = next(iter(ends.items()))
+        padding, size = i * s - lo, hi - j * s + i * s - lo + 1
+        first_inside = (padding + probe.gap) // s + 1
+        target = first_inside * s - padding + size + probe.gap + 1
+        centre = first_inside
+    k = max(1, math.ceil((target - n0) / s))
+    n = n0 + k * s
+    while n <= probe.n:
+        n += s
+    if n > cap:
+        n = n0 + ((cap - n0) // s) * s
+        if n <= probe.n:
+            n = cap
+    return n, centre
+
+
+def _check_growth(
+    provider: GradientProvider,
+    output_name: str,
+    base: tuple[int, ...],
+    axis: int,
+    m0: int,
+    fit: AxisGeometry,
+) -> None:
+    """A uniform field must gain exactly one output unit per stride of input."""
+    if not fit.uniform or fit.stride is None:
+        return
+    n0 = base[axis]
+    m1 = _output_len(provider, output_name, base, axis, n0 + fit.stride)
+    if m1 != m0 + 1:
+        raise SizeDependentGeometryError(
+            f"output {output_name!r} has {m0} units along axis {axis} at input size {n0} and "
+            f"{m1} at size {n0 + fit.stride}; a stride of {fit.stride} means one more unit. "
+            f"The output does not grow with the input (adaptive pooling, resizing to a fixed "
+            f"size?), so its units' fields depend on the input size. Measure an output "
+            f"before that layer"
+        )
+
+
+def _output_len(
+    provider: GradientProvider, output_name: str, base: tuple[int, ...], axis: int, n: int
+) -> int:
+    return _output_shape(provider, _with(base, axis, n), output_name)[axis]
+
+
+def _with(shape: tuple[int, ...], axis: int, value: int) -> tuple[int, ...]:
+    return shape[:axis] + (value,) + shape[axis + 1 :]

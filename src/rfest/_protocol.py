@@ -1,0 +1,64 @@
+"""The contract between the framework-blind estimator and a framework backend."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+__all__ = ["GradientProvider"]
+
+
+@runtime_checkable
+class GradientProvider(Protocol):
+    """What a backend gives the estimator. Only plain tuples and numpy arrays cross it.
+
+    A backend's entry point loads a factory ``factory(model, **options)`` returning an
+    object with these members; nothing has to be inherited. Shapes are *spatial* only
+    (no batch or channel axis), in the order of the input's spatial axes.
+
+    ``spatial_shape``
+        The spatial input size the user asked for; ``None`` where any size will do.
+    ``output_names``
+        The outputs requested, in the order results are returned.
+    ``output_shapes(spatial_shape)``
+        The spatial shape of every requested output when the input has ``spatial_shape``
+        (``()`` for an output with no spatial axes). Raises
+        :class:`rfest.ModelCallError` when the model cannot take that size.
+    ``gradient_maps(spatial_shape, output_name, units)``
+        An array of shape ``(len(units), *spatial_shape)``: for each unit (a spatial index
+        into the output), the magnitude of the gradient of that unit (summed over
+        channels) with respect to a strictly positive input, summed over input
+        channels. Probes must not influence each other (use the batch axis).
+
+    Example:
+        >>> import numpy as np
+        >>> class Identity1D:
+        ...     spatial_shape = (8,)
+        ...     output_names = ("output",)
+        ...     def output_shapes(self, spatial_shape):
+        ...         return {"output": tuple(spatial_shape)}
+        ...     def gradient_maps(self, spatial_shape, output_name, units):
+        ...         maps = np.zeros((len(units), *spatial_shape))
+        ...         for k, (i,) in enumerate(units):
+        ...             maps[k, i] = 1.0
+        ...         return maps
+        >>> isinstance(Identity1D(), GradientProvider)
+        True
+    """
+
+    @property
+    def spatial_shape(self) -> tuple[int | None, ...]: ...
+
+    @property
+    def output_names(self) -> tuple[str, ...]: ...
+
+    def output_shapes(self, spatial_shape: tuple[int, ...]) -> Mapping[str, tuple[int, ...]]: ...
+
+    def gradient_maps(
+        self,
+        spatial_shape: tuple[int, ...],
+        output_name: str,
+        units: Sequence[tuple[int, ...]],
+    ) -> np.ndarray: ...

@@ -1,0 +1,267 @@
+"""The PyTorch :class:`rfest.GradientProvider`: autograd on any ``nn.Module``.
+
+The user's module is never modified: parameters and buffers are substituted for the
+duration of a call with ``torch.func.functional_call`` (positive constants when
+linearizing), capture hooks are removed in ``finally``, training flags are not touched
+(the linearization mode neutralises batch statistics and dropout), and the grad mode is
+restored by its context manager.
+"""
+
+from __future__ import annotations
+
+import difflib
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from rfest import InputShapeError, ModelCallError, OutputNotFoundError, RFEstError
+from rfest_torch._linearize import EvalMode, LinearizedMode
+
+__all__ = ["TorchGradientProvider", "provider"]
+
+MODEL_OUTPUT = "output"
+"""Name under which the model's own output is reported when ``output=None``."""
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+# Hooks live on the user's modules while a forward runs; one forward at a time keeps two
+# threads from seeing each other's hooks.
+_forward_lock = threading.RLock()
+
+
+class _AllCaptured(Exception):
+    """Raised from a hook to stop a forward pass once every requested output is seen."""
+
+
+def provider(model: Any, **options: Any) -> TorchGradientProvider:
+    """Entry-point factory of the ``torch`` backend (see :class:`TorchGradientProvider`)."""
+    return TorchGradientProvider(model, **options)
+
+
+class TorchGradientProvider:
+    """Gradient maps of a PyTorch module's outputs, by autograd on a linearized pass.
+
+    Args:
+        model: any ``torch.nn.Module`` (a ``torch.compile`` wrapper is unwrapped).
+        input_shape: ``(C, *spatial)`` of one sample; spatial sizes may be None.
+        output: None (the model's output), a ``named_modules()`` name, or a list of names.
+        dtype: ``"float64"`` or ``"float32"``.
+        linearize: see :func:`rfest.compute`.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        input_shape: Sequence[int | None] | None = None,
+        output: str | Sequence[str] | None = None,
+        dtype: str = "float64",
+        linearize: bool = True,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"the torch backend takes an nn.Module, not {type(model).__name__}")
+        self._model: nn.Module = getattr(model, "_orig_mod", model)
+        self._dtype = _DTYPES[dtype]
+        self._linearize = linearize
+        self._channels, self._spatial = _split_input_shape(input_shape)
+        self._modules = self._resolve_outputs(output)
+        self._device = _device_of(self._model)
+        self._shape_cache: dict[tuple[int, ...], dict[str, tuple[int, ...]]] = {}
+        self._local = threading.local()
+
+    @property
+    def spatial_shape(self) -> tuple[int | None, ...]:
+        return self._spatial
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(self._modules)
+
+    def output_shapes(self, spatial_shape: tuple[int, ...]) -> Mapping[str, tuple[int, ...]]:
+        spatial_shape = tuple(spatial_shape)
+        if spatial_shape not in self._shape_cache:
+            shape = (1, self._channels, *spatial_shape)
+            try:
+                outputs = self._forward(torch.empty(shape, device="meta", dtype=self._dtype), "meta")
+            except ModelCallError:
+                with torch.no_grad():
+                    outputs = self._forward(self._probe_input(shape), self._device)
+            self._shape_cache[spatial_shape] = {
+                name: self._spatial_of(name, tensor, len(spatial_shape))
+                for name, tensor in outputs.items()
+            }
+        return self._shape_cache[spatial_shape]
+
+    def gradient_maps(
+        self,
+        spatial_shape: tuple[int, ...],
+        output_name: str,
+        units: Sequence[tuple[int, ...]],
+    ) -> np.ndarray:
+        shape = (len(units), self._channels, *spatial_shape)
+        x = self._probe_input(shape).requires_grad_(True)
+        with torch.enable_grad():
+            y = self._forward(x, self._device, only=output_name)[output_name]
+            cotangent = torch.zeros_like(y)
+            for k, unit in enumerate(units):
+                cotangent[(k, slice(None), *unit)] = 1
+            (grad,) = torch.autograd.grad(y, x, cotangent, allow_unused=True)
+        if grad is None:
+            return np.zeros(shape[:1] + shape[2:])
+        return grad.detach().abs().sum(dim=1).to("cpu", torch.float64).numpy()
+
+    def _probe_input(self, shape: tuple[int, ...]) -> torch.Tensor:
+        if self._linearize:
+            return torch.ones(shape, dtype=self._dtype, device=self._device)
+        generator = torch.Generator().manual_seed(0)
+        values = 0.5 + torch.rand(shape, generator=generator, dtype=self._dtype)
+        return values.to(self._device)
+
+    def _forward(
+        self, x: torch.Tensor, device: torch.device | str, only: str | None = None
+    ) -> dict[str, torch.Tensor]:
+        wanted = {only: self._modules[only]} if only is not None else self._modules
+        captured: dict[str, torch.Tensor] = {}
+        with _forward_lock, ExitStack() as stack:
+            stack.enter_context(self._capturing(wanted, captured))
+            stack.enter_context(LinearizedMode() if self._linearize else EvalMode())
+            try:
+                result = functional_call(self._model, self._substitutes(device), (x + 0,))
+            except _AllCaptured:
+                return captured
+            except RFEstError:
+                raise
+            except Exception as exc:
+                raise ModelCallError(
+                    f"the model raised {type(exc).__name__} on an input of shape "
+                    f"{tuple(x.shape)} (batch, channels, *spatial): {exc}. Check that "
+                    f"input_shape=(C, *spatial) matches what the model takes"
+                ) from exc
+        if MODEL_OUTPUT in wanted and wanted[MODEL_OUTPUT] is None:
+            if not isinstance(result, torch.Tensor):
+                raise OutputNotFoundError(
+                    f"the model returns a {type(result).__name__}, not a tensor; name the "
+                    f"module whose output you want with output='...'"
+                )
+            captured[MODEL_OUTPUT] = result
+        return captured
+
+    @contextmanager
+    def _capturing(
+        self, wanted: Mapping[str, nn.Module | None], captured: dict[str, torch.Tensor]
+    ) -> Iterator[None]:
+        local = self._local
+        stop_early = all(module is not None for module in wanted.values())
+
+        def hook_for(name: str) -> Any:
+            def hook(module: nn.Module, args: Any, output: Any) -> None:
+                if getattr(local, "captured", None) is not captured:
+                    return
+                if not isinstance(output, torch.Tensor):
+                    raise OutputNotFoundError(
+                        f"module {name!r} returns a {type(output).__name__}, not a tensor; "
+                        f"choose one of its submodules as output"
+                    )
+                captured.setdefault(name, output)
+                if stop_early and len(captured) == len(wanted):
+                    raise _AllCaptured
+
+            return hook
+
+        handles = [
+            module.register_forward_hook(hook_for(name))
+            for name, module in wanted.items()
+            if module is not None
+        ]
+        local.captured = captured
+        try:
+            yield
+        finally:
+            local.captured = None
+            for handle in handles:
+                handle.remove()
+
+    def _substitutes(self, device: torch.device | str) -> dict[str, torch.Tensor]:
+        substitutes: dict[str, torch.Tensor] = {}
+        for name, parameter in self._model.named_parameters(remove_duplicate=False):
+            where = device if device == "meta" else parameter.device
+            if self._linearize and name.rpartition(".")[2] == "bias":
+                value = torch.zeros((), dtype=self._dtype, device=where).expand(parameter.shape)
+            elif self._linearize:
+                fan_in = parameter[0].numel() if parameter.dim() >= 2 else 1
+                value = torch.full((), 1.0 / fan_in, dtype=self._dtype, device=where)
+                value = value.expand(parameter.shape)
+            else:
+                value = parameter.detach().to(where, self._dtype)
+            substitutes[name] = value
+        for name, buffer in self._model.named_buffers(remove_duplicate=False):
+            where = device if device == "meta" else buffer.device
+            dtype = self._dtype if buffer.is_floating_point() else buffer.dtype
+            substitutes[name] = buffer.detach().to(where, dtype, copy=True)
+        return substitutes
+
+    def _resolve_outputs(self, output: str | Sequence[str] | None) -> dict[str, nn.Module | None]:
+        if output is None:
+            return {MODEL_OUTPUT: None}
+        names = [output] if isinstance(output, str) else list(output)
+        if not names or not all(isinstance(n, str) for n in names):
+            raise OutputNotFoundError(
+                f"output={output!r}: expected None, a module name, or a list of module names"
+            )
+        modules = dict(self._model.named_modules())
+        resolved: dict[str, nn.Module | None] = {}
+        for name in names:
+            if name not in modules:
+                close = difflib.get_close_matches(name, list(modules), n=3)
+                hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+                raise OutputNotFoundError(
+                    f"the model has no module named {name!r}.{hint} Names are those of "
+                    f"model.named_modules(), e.g. {', '.join(repr(n) for n in list(modules)[1:4])}"
+                )
+            resolved[name] = modules[name]
+        return resolved
+
+    def _spatial_of(self, name: str, tensor: torch.Tensor, spatial_axes: int) -> tuple[int, ...]:
+        if tensor.dim() == spatial_axes + 2:
+            return tuple(int(s) for s in tensor.shape[2:])
+        if tensor.dim() == 2:
+            return ()
+        raise RFEstError(
+            f"output {name!r} has shape {tuple(tensor.shape)}; expected (batch, channels, "
+            f"*spatial) with {spatial_axes} spatial axes like the input, or (batch, features)"
+        )
+
+
+def _split_input_shape(
+    input_shape: Sequence[int | None] | None,
+) -> tuple[int, tuple[int | None, ...]]:
+    if input_shape is None:
+        raise InputShapeError(
+            "a PyTorch module does not declare its input size: pass input_shape=(C, *spatial), "
+            "e.g. (3, 224, 224); spatial sizes may be None to let rfest choose"
+        )
+    shape = tuple(input_shape)
+    if not 2 <= len(shape) <= 4:
+        raise InputShapeError(
+            f"input_shape={shape} has {len(shape)} axes; expected (C, *spatial) with 1 to 3 "
+            f"spatial axes, without the batch axis, e.g. (3, 224, 224)"
+        )
+    channels = shape[0]
+    if isinstance(channels, bool) or not isinstance(channels, (int, np.integer)) or channels < 1:
+        raise InputShapeError(
+            f"input_shape={shape}: the channel count {channels!r} must be a positive int "
+            f"(PyTorch layout is (C, *spatial))"
+        )
+    return int(channels), shape[1:]
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")

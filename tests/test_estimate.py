@@ -1,0 +1,161 @@
+"""The estimator on synthetic gradient maps: no framework involved.
+
+Every expected value is the geometry the fake provider was built from.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+import rfest
+from fake_provider import Axis, FakeProvider, same_padding, symmetric
+
+
+@pytest.fixture(autouse=True)
+def fake_backend() -> None:
+    rfest.register_backend("fake", lambda model, **options: model, replace=True)
+
+
+def measure(provider: FakeProvider, **options: Any) -> rfest.ReceptiveField:
+    return rfest.compute(provider, backend="fake", **options)
+
+
+def test_plain_geometry_1d() -> None:
+    rf = measure(FakeProvider([Axis(7, 2, symmetric(3))], (40,)))
+    assert (rf.size, rf.stride, rf.padding, rf.offset) == ((7,), (2,), (3,), (0.0,))
+    assert rf.uniform and not rf.is_global and not rf.grown
+    assert rf.output_shape == ((40 + 6 - 7) // 2 + 1,)
+
+
+def test_non_square_everything_2d() -> None:
+    axes = [Axis(11, 4, symmetric(2)), Axis(5, 1, symmetric(0))]
+    rf = measure(FakeProvider(axes, (64, 23)))
+    assert rf.size == (11, 5)
+    assert rf.stride == (4, 1)
+    assert rf.padding == (2, 0)
+    assert rf.offset == (3.0, 2.0)
+
+
+def test_three_axes() -> None:
+    axes = [Axis(3, 1, symmetric(1)), Axis(9, 2, symmetric(4)), Axis(13, 4, symmetric(0))]
+    rf = measure(FakeProvider(axes, (10, 30, 60)))
+    assert (rf.size, rf.stride, rf.padding) == ((3, 9, 13), (1, 2, 4), (1, 4, 0))
+
+
+def test_field_larger_than_input_grows_by_whole_strides() -> None:
+    provider = FakeProvider([Axis(427, 32, symmetric(213))], (224,))
+    rf = measure(provider)
+    assert (rf.size, rf.stride, rf.padding) == ((427,), (32,), (213,))
+    assert rf.grown and rf.input_shape == (224,)
+    assert (rf.probe_shape[0] - 224) % 32 == 0
+    assert rf.output_shape == (7,)
+
+
+def test_same_padding_geometry_is_that_of_the_given_size() -> None:
+    # One TF-'same' layer, kernel 41, stride 4: left padding depends on n mod 4.
+    for n, left in ((30, 19), (31, 19), (32, 18), (33, 20)):
+        axis = Axis(41, 4, same_padding(41, 4))
+        assert axis.pad(n)[0] == left
+        rf = measure(FakeProvider([axis], (n,)))
+        assert (rf.size, rf.stride, rf.padding) == ((41,), (4,), (left,)), n
+        assert rf.grown and (rf.probe_shape[0] - n) % 4 == 0
+
+
+def test_holes_from_dilation_are_not_mistaken_for_clipping() -> None:
+    # Support {s, s+4, s+8, ...}: 3 pixels skipped between elements.
+    rf = measure(FakeProvider([Axis(13, 1, symmetric(6), hole=3)], (16,)))
+    assert (rf.size, rf.stride, rf.padding) == ((13,), (1,), (6,))
+
+
+@pytest.mark.parametrize("border", ["reflect", "circular"])
+def test_folding_and_wrapping_padding(border: str) -> None:
+    rf = measure(FakeProvider([Axis(9, 2, symmetric(4), border=border)], (24,)))
+    assert (rf.size, rf.stride, rf.padding) == ((9,), (2,), (4,))
+
+
+@pytest.mark.parametrize("factor", [2, 4, 8])
+def test_upsampling_phases_are_non_uniform(factor: int) -> None:
+    provider = FakeProvider([Axis(7, 4, symmetric(3), upsample=factor)], (64,))
+    with pytest.warns(rfest.NonUniformWarning, match="differ"):
+        rf = measure(provider)
+    assert not rf.uniform
+    assert rf.size == (7,)
+
+
+def test_global_pooling() -> None:
+    provider = FakeProvider([Axis(1, 1, whole=True, fixed_out=1)] * 2, (32, 20))
+    rf = measure(provider)
+    assert rf.is_global
+    assert rf.size is rf.stride is rf.padding is rf.offset is None
+
+
+def test_global_path_whose_output_still_grows() -> None:
+    # Squeeze-excite: output keeps its size, every unit sees everything.
+    provider = FakeProvider([Axis(3, 1, symmetric(1), whole=True)], (32,))
+    rf = measure(provider, max_input_size=256)
+    assert rf.is_global
+
+
+def test_no_spatial_output_depending_on_all_input_is_global() -> None:
+    provider = FakeProvider([Axis(1, 1), Axis(1, 1)], (8, 8), no_spatial_output=True)
+    assert measure(provider).is_global
+
+
+def test_fixed_size_output_is_refused() -> None:
+    provider = FakeProvider([Axis(1, 1, fixed_out=7)], (224,))
+    with pytest.raises(rfest.SizeDependentGeometryError, match="does not grow"):
+        measure(provider)
+
+
+def test_field_beyond_the_cap_names_the_option() -> None:
+    provider = FakeProvider([Axis(301, 8, symmetric(150))], (64,))
+    with pytest.raises(rfest.ProbeSizeError, match="max_input_size"):
+        measure(provider, max_input_size=256)
+
+
+def test_tiny_gradients_still_count() -> None:
+    provider = FakeProvider([Axis(5, 1, symmetric(2))], (16,), value=1e-300)
+    assert measure(provider).size == (5,)
+
+
+def test_nan_gradients_are_an_error() -> None:
+    provider = FakeProvider([Axis(5, 1, symmetric(2))], (16,), value=float("nan"))
+    with pytest.raises(rfest.NonFiniteGradientError, match="NaN"):
+        measure(provider)
+
+
+def test_zero_gradient_is_an_error_not_nan() -> None:
+    provider = FakeProvider([Axis(5, 1, symmetric(2))], (16,), value=0.0)
+    with pytest.raises(rfest.NoDependenceError, match="does not depend"):
+        measure(provider)
+
+
+def test_free_size_is_chosen() -> None:
+    rf = measure(FakeProvider([Axis(5, 1, symmetric(2)), Axis(3, 1, symmetric(1))], (None, 12)))
+    assert rf.size == (5, 3)
+    assert rf.input_shape == (32, 12)
+
+
+@pytest.mark.parametrize("bad", [(0,), (-3,), (2.5,), (True,), (1, 2, 3, 4)])
+def test_bad_spatial_sizes(bad: tuple[Any, ...]) -> None:
+    with pytest.raises(rfest.InputShapeError):
+        measure(FakeProvider([Axis(1, 1)] * len(bad), bad))
+
+
+def test_provider_returning_wrong_shape_is_caught() -> None:
+    class Broken(FakeProvider):
+        def gradient_maps(self, *args: Any) -> np.ndarray:
+            return np.ones((1, 3))
+
+    with pytest.raises(rfest.EstimationError, match="expected"):
+        measure(Broken([Axis(1, 1)], (8,)))
+
+
+def test_probes_are_batched() -> None:
+    provider = FakeProvider([Axis(427, 32, symmetric(213))] * 2, (224, 224))
+    measure(provider)
+    assert len(provider.calls) <= 6  # a few batched gradient calls, not one per unit
+    assert all(count > 1 for _, count in provider.calls)
