@@ -77,9 +77,9 @@ class FakeProvider:
 
     def output_shapes(self, spatial_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
         if self.no_spatial_output:
-            return {name: () for name in self.output_names}
-        shape = tuple(axis.out_len(n) for axis, n in zip(self.axes, spatial_shape))
-        return {name: shape for name in self.output_names}
+            return dict.fromkeys(self.output_names, ())
+        shape = tuple(axis.out_len(n) for axis, n in zip(self.axes, spatial_shape, strict=True))
+        return dict.fromkeys(self.output_names, shape)
 
     def gradient_maps(
         self, spatial_shape: tuple[int, ...], output_name: str, units: Sequence[tuple[int, ...]]
@@ -90,7 +90,9 @@ class FakeProvider:
             if self.no_spatial_output:
                 masks = [np.ones(n, dtype=bool) for n in spatial_shape]
             else:
-                masks = [a.support(i, n) for a, i, n in zip(self.axes, unit, spatial_shape)]
+                masks = [
+                    a.support(i, n) for a, i, n in zip(self.axes, unit, spatial_shape, strict=True)
+                ]
             grid = np.ix_(*masks)
             block = maps[k]
             block[grid] = self.value

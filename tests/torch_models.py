@@ -53,7 +53,12 @@ class ResNet50(nn.Module):
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
         in_planes = width
         stages = []
-        for planes, blocks, stride in ((width, 3, 1), (width * 2, 4, 2), (width * 4, 6, 2), (width * 8, 3, 2)):
+        for planes, blocks, stride in (
+            (width, 3, 1),
+            (width * 2, 4, 2),
+            (width * 4, 6, 2),
+            (width * 8, 3, 2),
+        ):
             layers = [Bottleneck(in_planes, planes, stride)]
             in_planes = planes * Bottleneck.expansion
             layers += [Bottleneck(in_planes, planes) for _ in range(blocks - 1)]

@@ -94,7 +94,11 @@ def compute(
     """
     if dtype not in _DTYPES:
         raise InputShapeError(f"dtype={dtype!r} is not supported; use one of {_DTYPES}")
-    if isinstance(max_input_size, bool) or not isinstance(max_input_size, int) or max_input_size < 1:
+    if (
+        isinstance(max_input_size, bool)
+        or not isinstance(max_input_size, int)
+        or max_input_size < 1
+    ):
         raise InputShapeError(
             f"max_input_size={max_input_size!r} must be a positive int (the largest probe "
             f"size along one axis)"

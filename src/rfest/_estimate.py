@@ -14,6 +14,7 @@ position probed; otherwise the field is reported as non-uniform.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -71,9 +72,7 @@ class _Probe:
         Border units are left out: reflect and circular padding fold or wrap their
         supports, which opens holes the field itself does not have.
         """
-        return max(
-            (s.gap for s in self.supports if s.lo > 0 and s.hi < self.n - 1), default=0
-        )
+        return max((s.gap for s in self.supports if s.lo > 0 and s.hi < self.n - 1), default=0)
 
     @property
     def whole(self) -> bool:
@@ -81,12 +80,12 @@ class _Probe:
 
     def exact_starts(self) -> dict[int, int]:
         """Starts that cannot be clipped: further from index 0 than any hole is wide."""
-        return {i: s.lo for i, s in zip(self.units, self.supports) if s.lo > self.gap}
+        return {i: s.lo for i, s in zip(self.units, self.supports, strict=True) if s.lo > self.gap}
 
     def exact_ends(self) -> dict[int, int]:
         return {
             i: s.hi
-            for i, s in zip(self.units, self.supports)
+            for i, s in zip(self.units, self.supports, strict=True)
             if s.hi < self.n - 1 - self.gap
         }
 
@@ -135,8 +134,7 @@ def _result(
 ) -> ReceptiveField:
     is_global = all(a.size is None for a in axes)
     offsets = tuple(
-        None if a.size is None or a.padding is None else (a.size - 1) / 2 - a.padding
-        for a in axes
+        None if a.size is None or a.padding is None else (a.size - 1) / 2 - a.padding for a in axes
     )
     return ReceptiveField(
         size=None if is_global else tuple(a.size for a in axes),
@@ -165,9 +163,7 @@ def _base_shape(spatial_shape: Sequence[int | None]) -> tuple[int, ...]:
                 f"give each spatial size as an int >= 1, or None to let rfest choose"
             )
     if not 1 <= len(base) <= 3:
-        raise InputShapeError(
-            f"the input has {len(base)} spatial axes; rfest supports 1, 2 or 3"
-        )
+        raise InputShapeError(f"the input has {len(base)} spatial axes; rfest supports 1, 2 or 3")
     return tuple(base)
 
 
@@ -198,7 +194,7 @@ def _gradient_supports(
             f"dtype='float64', linearize=True, or an output earlier in the network"
         )
     supports = axis_supports(maps, axis)
-    for unit, support in zip(units, supports):
+    for unit, support in zip(units, supports, strict=True):
         if support is None:
             raise NoDependenceError(
                 f"output {output_name!r} unit {unit} does not depend on the input (its "
@@ -299,7 +295,7 @@ def _stride(probe: _Probe) -> _Stride | None:
     for positions in (probe.exact_starts(), probe.exact_ends()):
         units = sorted(positions)
         steps.update(
-            Fraction(positions[b] - positions[a], b - a) for a, b in zip(units, units[1:])
+            Fraction(positions[b] - positions[a], b - a) for a, b in itertools.pairwise(units)
         )
         if len(units) >= 2:
             span = units[-1] - units[0]
@@ -332,9 +328,7 @@ def _fit(probe: _Probe, stride: _Stride) -> AxisGeometry | None:
     )
 
 
-def _next_size(
-    probe: _Probe, n0: int, stride: _Stride | None, cap: int
-) -> tuple[int, int | None]:
+def _next_size(probe: _Probe, n0: int, stride: _Stride | None, cap: int) -> tuple[int, int | None]:
     """Next probe size along the axis, and the first unit expected to lie wholly inside."""
     if stride is None:
         return min(2 * probe.n, cap), None
@@ -390,4 +384,4 @@ def _output_len(
 
 
 def _with(shape: tuple[int, ...], axis: int, value: int) -> tuple[int, ...]:
-    return shape[:axis] + (value,) + shape[axis + 1 :]
+    return (*shape[:axis], value, *shape[axis + 1 :])

@@ -133,7 +133,7 @@ def load_backend(name: str) -> ProviderFactory:
 
 def make_provider(name: str, model: Any, **options: Any) -> GradientProvider:
     """Build backend ``name``'s provider for ``model`` and check it keeps the protocol."""
-    provider = load_backend(name)(model, **options)
+    provider: object = load_backend(name)(model, **options)
     if not isinstance(provider, GradientProvider):
         missing = [
             member

@@ -62,7 +62,7 @@ class ReceptiveField:
         index = self._index(index)
         return tuple(
             None if o is None or s is None else float(o + i * s)  # type: ignore[misc]
-            for i, s, o in zip(index, self._local("stride"), self._local("offset"))
+            for i, s, o in zip(index, self._local("stride"), self._local("offset"), strict=True)
         )
 
     def box(self, index: int | Sequence[int]) -> tuple[tuple[int, int], ...]:
@@ -77,7 +77,7 @@ class ReceptiveField:
         index = self._index(index)
         boxes = []
         for i, size, stride, padding in zip(
-            index, self._local("size"), self._local("stride"), self._local("padding")
+            index, self._local("size"), self._local("stride"), self._local("padding"), strict=True
         ):
             if size is None or stride is None or padding is None:
                 raise ValueError("this output is global along an axis: it has no box there")

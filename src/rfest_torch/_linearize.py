@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -99,10 +99,10 @@ def _max_pool_as_average(dims: int, original: Callable[..., Any]) -> _Replacemen
         spatial = batch.shape[2:]
         extra = [
             _ceil_mode_extra(n, k, s, p, d) if ceil_mode else 0
-            for n, k, s, p, d in zip(spatial, kernel, steps, pads, dilations)
+            for n, k, s, p, d in zip(spatial, kernel, steps, pads, dilations, strict=True)
         ]
         pad_arg: list[int] = []
-        for p, e in zip(reversed(pads), reversed(extra)):
+        for p, e in zip(reversed(pads), reversed(extra), strict=True):
             pad_arg += [p, p + e]
         channels = batch.shape[1]
         weight = torch.full(
@@ -188,7 +188,8 @@ def _linearized_table() -> dict[Any, _Replacement]:
         for name in (f"adaptive_max_pool{dims}d", f"adaptive_max_pool{dims}d_with_indices"):
             function = getattr(F, name)
             table[function] = _adaptive_max_as_average(dims, function)
-    for owner in (torch, torch.Tensor):
+    owners: tuple[Any, ...] = (torch, torch.Tensor)
+    for owner in owners:
         for name in ("max", "min"):
             function = getattr(owner, name)
             table[function] = _max_reduction_as_mean(function)
@@ -207,7 +208,7 @@ def _eval_table() -> dict[Any, _Replacement]:
 
     def batch_norm_inference(x: Any, *args: Any, **kwargs: Any) -> Any:
         names = ("running_mean", "running_var", "weight", "bias", "training")
-        bound = dict(zip(names, args)) | kwargs
+        bound = dict(zip(names, args, strict=True)) | kwargs
         if bound.get("running_mean") is not None:
             bound["training"] = False
         return F.batch_norm(x, **bound)
@@ -217,7 +218,7 @@ def _eval_table() -> dict[Any, _Replacement]:
 
 
 class _ReplacingMode(TorchFunctionMode):
-    table: dict[Any, _Replacement] = {}
+    table: ClassVar[dict[Any, _Replacement]] = {}
 
     def __torch_function__(
         self,
@@ -233,10 +234,10 @@ class _ReplacingMode(TorchFunctionMode):
 class LinearizedMode(_ReplacingMode):
     """Run a forward pass as its linearized counterpart (see module docstring)."""
 
-    table = _linearized_table()
+    table: ClassVar[dict[Any, _Replacement]] = _linearized_table()
 
 
 class EvalMode(_ReplacingMode):
     """Run a forward pass as in ``eval()`` without touching the modules' training flags."""
 
-    table = _eval_table()
+    table: ClassVar[dict[Any, _Replacement]] = _eval_table()

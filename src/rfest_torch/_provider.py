@@ -88,7 +88,9 @@ class TorchGradientProvider:
         if spatial_shape not in self._shape_cache:
             shape = (1, self._channels, *spatial_shape)
             try:
-                outputs = self._forward(torch.empty(shape, device="meta", dtype=self._dtype), "meta")
+                outputs = self._forward(
+                    torch.empty(shape, device="meta", dtype=self._dtype), "meta"
+                )
             except ModelCallError:
                 with torch.no_grad():
                     outputs = self._forward(self._probe_input(shape), self._device)
@@ -108,11 +110,15 @@ class TorchGradientProvider:
         x = self._probe_input(shape).requires_grad_(True)
         with torch.enable_grad():
             y = self._forward(x, self._device, only=output_name)[output_name]
+            if not y.requires_grad:
+                return np.zeros(shape[:1] + shape[2:])
             cotangent = torch.zeros_like(y)
             for k, unit in enumerate(units):
-                cotangent[(k, slice(None), *unit)] = 1
-            (grad,) = torch.autograd.grad(y, x, cotangent, allow_unused=True)
-        if grad is None:
+                index: tuple[Any, ...] = (k, slice(None), *unit)
+                cotangent[index] = 1
+            grads = torch.autograd.grad(y, x, cotangent, allow_unused=True)
+        grad: torch.Tensor | None = grads[0]
+        if grad is None:  # the output requires grad through parameters only
             return np.zeros(shape[:1] + shape[2:])
         return grad.detach().abs().sum(dim=1).to("cpu", torch.float64).numpy()
 

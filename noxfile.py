@@ -1,0 +1,33 @@
+"""Developer sessions: ``nox -s lint``, ``nox -s tests_core``, ``nox -s tests_torch``."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["lint", "tests_core", "tests_torch"]
+nox.options.default_venv_backend = "venv"
+
+CONSTRAINTS = ("-c", "constraints.txt")
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff (lint + format check) and mypy --strict on the sources."""
+    session.install(*CONSTRAINTS, "-e", ".[torch]", "--group", "lint")
+    session.run("ruff", "check", "src", "tests", "noxfile.py")
+    session.run("ruff", "format", "--check", "src", "tests", "noxfile.py")
+    session.run("mypy")
+
+
+@nox.session
+def tests_core(session: nox.Session) -> None:
+    """The core alone, with no framework installed: estimator, registry, result."""
+    session.install(*CONSTRAINTS, "-e", ".", "--group", "test")
+    session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session
+def tests_torch(session: nox.Session) -> None:
+    """Everything, with the PyTorch backend."""
+    session.install(*CONSTRAINTS, "-e", ".[torch]", "--group", "test")
+    session.run("python", "-m", "pytest", *session.posargs)
