@@ -154,8 +154,29 @@ def test_provider_returning_wrong_shape_is_caught() -> None:
         measure(Broken([Axis(1, 1)], (8,)))
 
 
-def test_probes_are_batched() -> None:
+def test_probes_are_batched_and_thin() -> None:
     provider = FakeProvider([Axis(427, 32, symmetric(213))] * 2, (224, 224))
     measure(provider)
-    assert len(provider.calls) <= 6  # a few batched gradient calls, not one per unit
-    assert all(count > 1 for _, count in provider.calls)
+    # Per axis: two batched calls on an input thin in the other axis, one confirmation.
+    assert len(provider.calls) == 6
+    batched = [shape for shape, count in provider.calls if count > 1]
+    assert len(batched) == 4 and all(min(shape) == 16 for shape in batched)
+    confirmations = [shape for shape, count in provider.calls if count == 1]
+    assert sorted(confirmations) == [(224, 448), (448, 224)]
+
+
+class LosesPathsWhenThin(FakeProvider):
+    """A branch whose field along axis 0 shows only when axis 1 is wide (a lost route)."""
+
+    def gradient_maps(self, spatial_shape, output_name, units):  # type: ignore[no-untyped-def]
+        maps = super().gradient_maps(spatial_shape, output_name, units)
+        if spatial_shape[1] > 16:
+            for k, (i, j) in enumerate(units):
+                maps[k, max(0, i - 4) : i + 5, j] = 1.0
+        return maps
+
+
+def test_thin_probe_that_loses_a_branch_is_caught_by_the_confirmation() -> None:
+    provider = LosesPathsWhenThin([Axis(3, 1, symmetric(1)), Axis(3, 1, symmetric(1))], (40, 40))
+    rf = measure(provider)
+    assert rf.size == (9, 3) and rf.padding == (4, 1)

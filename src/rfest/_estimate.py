@@ -28,6 +28,7 @@ from rfest._errors import (
     NoDependenceError,
     NonFiniteGradientError,
     ProbeSizeError,
+    RFEstError,
     SizeDependentGeometryError,
 )
 from rfest._protocol import GradientProvider
@@ -42,6 +43,7 @@ DEFAULT_FREE_SIZE = 32
 DEFAULT_MAX_INPUT_SIZE = 4096
 """Largest probe size along one axis before rfest gives up (option ``max_input_size``)."""
 
+_THIN_SIZE = 16  # size of the other axes while one axis is measured (then confirmed)
 _RUN_HALF_WIDTH = 2  # a run of 5 neighbours: four steps see any phase pattern of period <= 4
 
 
@@ -120,10 +122,72 @@ def estimate(
         )
     else:
         axes = [
-            _measure_axis(provider, output_name, base, out_shape, axis, max_input_size)
+            _measure_axis_thin_first(provider, output_name, base, out_shape, axis, max_input_size)
             for axis in range(len(base))
         ]
     return _result(output_name, base, out_shape, axes)
+
+
+def _measure_axis_thin_first(
+    provider: GradientProvider,
+    output_name: str,
+    base: tuple[int, ...],
+    base_out: tuple[int, ...],
+    axis: int,
+    max_input_size: int,
+) -> AxisGeometry:
+    """Measure along ``axis`` on an input thin in the other axes, then confirm at full width.
+
+    Thin probes cost a fraction of full ones. Clipping the other axes can only remove
+    gradient paths, never add them, so a thin measurement is confirmed by one probe at the
+    user's size in the other axes: the unit predicted to lie furthest inside must show
+    exactly the predicted support. If it does not, the axis is measured at full width.
+    """
+    thin = _thin_shape(provider, output_name, base, axis)
+    if thin is not None:
+        thin_out = _output_shape(provider, thin, output_name)
+        geometry = _measure_axis(provider, output_name, thin, thin_out, axis, max_input_size)
+        if geometry.size is None or _confirmed(provider, output_name, base, axis, geometry):
+            return geometry
+    return _measure_axis(provider, output_name, base, base_out, axis, max_input_size)
+
+
+def _thin_shape(
+    provider: GradientProvider, output_name: str, base: tuple[int, ...], axis: int
+) -> tuple[int, ...] | None:
+    """``base`` cut to ``_THIN_SIZE`` in the other axes, if the model runs on it."""
+    thin = tuple(n if a == axis else min(n, _THIN_SIZE) for a, n in enumerate(base))
+    if thin == base:
+        return None
+    try:
+        out = _output_shape(provider, thin, output_name)
+    except RFEstError:
+        return None
+    return thin if len(out) == len(base) and all(m >= 1 for m in out) else None
+
+
+def _confirmed(
+    provider: GradientProvider,
+    output_name: str,
+    base: tuple[int, ...],
+    axis: int,
+    geometry: AxisGeometry,
+) -> bool:
+    size, stride, padding, n = geometry.size, geometry.stride, geometry.padding, geometry.probe_size
+    if not geometry.uniform or size is None or stride is None or padding is None:
+        return False
+    spatial = _with(base, axis, n)
+    out = _output_shape(provider, spatial, output_name)
+    unit = round(((n - 1) / 2 - ((size - 1) / 2 - padding)) / stride)
+    unit = min(max(unit, 0), out[axis] - 1)
+    start = unit * stride - padding
+    if start < 1 or start + size > n - 1:
+        return False
+    middle = tuple(m // 2 for m in out)
+    (support,) = _gradient_supports(
+        provider, output_name, spatial, [_with(middle, axis, unit)], axis
+    )
+    return (support.lo, support.hi) == (start, start + size - 1)
 
 
 def _result(
