@@ -18,7 +18,7 @@ from rfest._errors import (
     UnknownBackendError,
     UnrecognizedModelError,
 )
-from rfest._protocol import GradientProvider
+from rfest._protocol import GradientProvider, InputGradientProvider, LayerListingProvider
 from rfest._registry import available_backends, register_backend
 from rfest._result import ReceptiveField
 
@@ -30,7 +30,9 @@ __all__ = [
     "BackendNotInstalledError",
     "EstimationError",
     "GradientProvider",
+    "InputGradientProvider",
     "InputShapeError",
+    "LayerListingProvider",
     "ModelCallError",
     "NoDependenceError",
     "NonFiniteGradientError",

@@ -7,7 +7,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["GradientProvider"]
+__all__ = ["GradientProvider", "InputGradientProvider", "LayerListingProvider"]
 
 
 @runtime_checkable
@@ -62,3 +62,36 @@ class GradientProvider(Protocol):
         output_name: str,
         units: Sequence[tuple[int, ...]],
     ) -> np.ndarray: ...
+
+
+@runtime_checkable
+class InputGradientProvider(GradientProvider, Protocol):
+    """A provider that can also differentiate at inputs the caller supplies.
+
+    Used by analyses on the real model (effective receptive field). Build the provider
+    with ``linearize=False`` to get the real weights and activations.
+
+    ``input_gradients(inputs, output_name, unit)``
+        ``inputs``: a batch ``(N, *sample_shape)`` in the framework's own layout (PyTorch
+        ``(N, C, *spatial)``, Keras/JAX ``(N, *spatial, C)``). Returns the signed gradient
+        of ``output[unit]`` (``unit`` indexes the output's spatial axes as reported by
+        ``output_shapes``; the unit's channels are summed) with respect to each sample,
+        as float64 ``(N, C, *spatial)``: channels first whatever the framework.
+    """
+
+    def input_gradients(
+        self, inputs: np.ndarray, output_name: str, unit: tuple[int, ...]
+    ) -> np.ndarray: ...
+
+
+@runtime_checkable
+class LayerListingProvider(GradientProvider, Protocol):
+    """A provider that can list the model's layers (for per-layer reports).
+
+    ``layer_names()``
+        Every name the backend accepts as ``output=``, in the order the layers are
+        defined or run (PyTorch ``named_modules()`` names without the root; Keras layer
+        names without input layers; Flax module paths).
+    """
+
+    def layer_names(self) -> tuple[str, ...]: ...

@@ -83,6 +83,9 @@ class TorchGradientProvider:
     def output_names(self) -> tuple[str, ...]:
         return tuple(self._modules)
 
+    def layer_names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self._model.named_modules() if name)
+
     def output_shapes(self, spatial_shape: tuple[int, ...]) -> Mapping[str, tuple[int, ...]]:
         spatial_shape = tuple(spatial_shape)
         if spatial_shape not in self._shape_cache:
@@ -121,6 +124,27 @@ class TorchGradientProvider:
         if grad is None:  # the output requires grad through parameters only
             return np.zeros(shape[:1] + shape[2:])
         return grad.detach().abs().sum(dim=1).to("cpu", torch.float64).numpy()
+
+    def input_gradients(
+        self, inputs: np.ndarray, output_name: str, unit: tuple[int, ...]
+    ) -> np.ndarray:
+        x = torch.as_tensor(np.asarray(inputs), dtype=self._dtype, device=self._device)
+        if x.dim() != len(self._spatial) + 2 or x.shape[1] != self._channels:
+            raise InputShapeError(
+                f"inputs of shape {tuple(x.shape)} do not match input_shape "
+                f"{(self._channels, *self._spatial)}; pass a batch (N, C, *spatial)"
+            )
+        x.requires_grad_(True)
+        with torch.enable_grad():
+            y = self._forward(x, self._device, only=output_name)[output_name]
+            if not y.requires_grad:
+                return np.zeros(tuple(x.shape))
+            index: tuple[Any, ...] = (slice(None), slice(None), *unit)
+            grads = torch.autograd.grad(y[index].sum(), x, allow_unused=True)
+        grad: torch.Tensor | None = grads[0]
+        if grad is None:
+            return np.zeros(tuple(x.shape))
+        return grad.detach().to("cpu", torch.float64).numpy()
 
     def _probe_input(self, shape: tuple[int, ...]) -> torch.Tensor:
         if self._linearize:
