@@ -104,17 +104,13 @@ def compute(
             f"size along one axis)"
         )
     name = backend if backend is not None else detect_backend(model)
-    provider = make_provider(
-        name,
-        model,
-        input_shape=input_shape,
-        output=output,
-        dtype=dtype,
-        linearize=linearize,
-        **backend_options,
-    )
+    options = dict(input_shape=input_shape, output=output, linearize=linearize, **backend_options)
+    provider = make_provider(name, model, dtype=dtype, **options)
+    scout = make_provider(name, model, dtype="float32", **options) if dtype != "float32" else None
     results = {
-        output_name: estimate(provider, output_name, max_input_size=max_input_size)
+        output_name: estimate(
+            provider, output_name, max_input_size=max_input_size, scout=scout
+        )
         for output_name in provider.output_names
     }
     for result in results.values():

@@ -103,8 +103,13 @@ def estimate(
     output_name: str,
     *,
     max_input_size: int = DEFAULT_MAX_INPUT_SIZE,
+    scout: GradientProvider | None = None,
 ) -> ReceptiveField:
-    """Receptive field of ``output_name``, measured through ``provider``."""
+    """Receptive field of ``output_name``, measured through ``provider``.
+
+    ``scout``, when given, is a cheaper provider (float32) for the thin exploratory probes;
+    every answer it suggests is confirmed by ``provider`` before it is returned.
+    """
     base = _base_shape(provider.spatial_shape)
     out_shape = _output_shape(provider, base, output_name)
     if any(size < 1 for size in out_shape):
@@ -122,7 +127,9 @@ def estimate(
         )
     else:
         axes = [
-            _measure_axis_thin_first(provider, output_name, base, out_shape, axis, max_input_size)
+            _measure_axis_thin_first(
+                provider, scout or provider, output_name, base, out_shape, axis, max_input_size
+            )
             for axis in range(len(base))
         ]
     return _result(output_name, base, out_shape, axes)
@@ -130,6 +137,7 @@ def estimate(
 
 def _measure_axis_thin_first(
     provider: GradientProvider,
+    scout: GradientProvider,
     output_name: str,
     base: tuple[int, ...],
     base_out: tuple[int, ...],
@@ -138,17 +146,25 @@ def _measure_axis_thin_first(
 ) -> AxisGeometry:
     """Measure along ``axis`` on an input thin in the other axes, then confirm at full width.
 
-    Thin probes cost a fraction of full ones. Clipping the other axes can only remove
-    gradient paths, never add them, so a thin measurement is confirmed by one probe at the
-    user's size in the other axes: the unit predicted to lie furthest inside must show
-    exactly the predicted support. If it does not, the axis is measured at full width.
+    Thin probes (run by ``scout``) cost a fraction of full ones. Clipping the other axes
+    and float32 underflow can only hide gradient, never add it, so one probe by
+    ``provider`` at the user's size in the other axes confirms the thin answer: the unit
+    predicted to lie furthest inside must show exactly the predicted support. Whatever goes
+    wrong on the thin path (a mismatch, overflow, a failed fit) sends the axis to a full
+    measurement by ``provider``, which has the last word.
     """
-    thin = _thin_shape(provider, output_name, base, axis)
+    thin = _thin_shape(scout, output_name, base, axis)
     if thin is not None:
-        thin_out = _output_shape(provider, thin, output_name)
-        geometry = _measure_axis(provider, output_name, thin, thin_out, axis, max_input_size)
-        if geometry.size is None or _confirmed(provider, output_name, base, axis, geometry):
-            return geometry
+        try:
+            thin_out = _output_shape(scout, thin, output_name)
+            geometry = _measure_axis(scout, output_name, thin, thin_out, axis, max_input_size)
+        except EstimationError:
+            pass
+        else:
+            if geometry.size is None or _confirmed(
+                provider, output_name, base, base_out, axis, geometry
+            ):
+                return geometry
     return _measure_axis(provider, output_name, base, base_out, axis, max_input_size)
 
 
@@ -170,23 +186,22 @@ def _confirmed(
     provider: GradientProvider,
     output_name: str,
     base: tuple[int, ...],
+    base_out: tuple[int, ...],
     axis: int,
     geometry: AxisGeometry,
 ) -> bool:
     size, stride, padding, n = geometry.size, geometry.stride, geometry.padding, geometry.probe_size
     if not geometry.uniform or size is None or stride is None or padding is None:
         return False
-    spatial = _with(base, axis, n)
-    out = _output_shape(provider, spatial, output_name)
+    units_along = base_out[axis] + (n - base[axis]) // stride  # checked by _check_growth
     unit = round(((n - 1) / 2 - ((size - 1) / 2 - padding)) / stride)
-    unit = min(max(unit, 0), out[axis] - 1)
+    unit = min(max(unit, 0), units_along - 1)
     start = unit * stride - padding
     if start < 1 or start + size > n - 1:
         return False
-    middle = tuple(m // 2 for m in out)
-    (support,) = _gradient_supports(
-        provider, output_name, spatial, [_with(middle, axis, unit)], axis
-    )
+    middle = tuple(m // 2 for m in base_out)
+    spatial = _with(base, axis, n)
+    (support,) = _gradient_supports(provider, output_name, spatial, [_with(middle, axis, unit)], axis)
     return (support.lo, support.hi) == (start, start + size - 1)
 
 

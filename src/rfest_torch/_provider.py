@@ -10,6 +10,7 @@ restored by its context manager.
 from __future__ import annotations
 
 import difflib
+import math
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
@@ -29,6 +30,10 @@ MODEL_OUTPUT = "output"
 """Name under which the model's own output is reported when ``output=None``."""
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+# Below this many input elements a real float32 forward finds output shapes faster than
+# the meta device, whose first use costs about a second of one-time set-up.
+_REAL_SHAPE_PASS_LIMIT = 2**21
 
 # Hooks live on the user's modules while a forward runs; one forward at a time keeps two
 # threads from seeing each other's hooks.
@@ -90,18 +95,26 @@ class TorchGradientProvider:
         spatial_shape = tuple(spatial_shape)
         if spatial_shape not in self._shape_cache:
             shape = (1, self._channels, *spatial_shape)
-            try:
-                outputs = self._forward(
-                    torch.empty(shape, device="meta", dtype=self._dtype), "meta"
-                )
-            except ModelCallError:
-                with torch.no_grad():
-                    outputs = self._forward(self._probe_input(shape), self._device)
+            if math.prod(shape) <= _REAL_SHAPE_PASS_LIMIT:
+                outputs = self._shape_pass(shape, self._device)
+            else:
+                try:
+                    outputs = self._shape_pass(shape, "meta")
+                except ModelCallError:
+                    outputs = self._shape_pass(shape, self._device)
             self._shape_cache[spatial_shape] = {
                 name: self._spatial_of(name, tensor, len(spatial_shape))
                 for name, tensor in outputs.items()
             }
         return self._shape_cache[spatial_shape]
+
+    def _shape_pass(
+        self, shape: tuple[int, ...], device: torch.device | str
+    ) -> dict[str, torch.Tensor]:
+        """A float32 forward without gradient (on 'meta': shapes only, no compute)."""
+        x = torch.ones(shape, dtype=torch.float32, device=device)
+        with torch.no_grad():
+            return self._forward(x, device, dtype=torch.float32)
 
     def gradient_maps(
         self,
@@ -154,7 +167,11 @@ class TorchGradientProvider:
         return values.to(self._device)
 
     def _forward(
-        self, x: torch.Tensor, device: torch.device | str, only: str | None = None
+        self,
+        x: torch.Tensor,
+        device: torch.device | str,
+        only: str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> dict[str, torch.Tensor]:
         wanted = {only: self._modules[only]} if only is not None else self._modules
         captured: dict[str, torch.Tensor] = {}
@@ -162,7 +179,8 @@ class TorchGradientProvider:
             stack.enter_context(self._capturing(wanted, captured))
             stack.enter_context(LinearizedMode() if self._linearize else EvalMode())
             try:
-                result = functional_call(self._model, self._substitutes(device), (x + 0,))
+                substitutes = self._substitutes(device, dtype or self._dtype)
+                result = functional_call(self._model, substitutes, (x + 0,))
             except _AllCaptured:
                 return captured
             except RFEstError:
@@ -217,22 +235,24 @@ class TorchGradientProvider:
             for handle in handles:
                 handle.remove()
 
-    def _substitutes(self, device: torch.device | str) -> dict[str, torch.Tensor]:
+    def _substitutes(
+        self, device: torch.device | str, dtype: torch.dtype
+    ) -> dict[str, torch.Tensor]:
         substitutes: dict[str, torch.Tensor] = {}
         for name, parameter in self._model.named_parameters(remove_duplicate=False):
             where = device if device == "meta" else parameter.device
             if self._linearize and name.rpartition(".")[2] == "bias":
-                value = torch.zeros((), dtype=self._dtype, device=where).expand(parameter.shape)
+                value = torch.zeros((), dtype=dtype, device=where).expand(parameter.shape)
             elif self._linearize:
                 fan_in = parameter[0].numel() if parameter.dim() >= 2 else 1
-                value = torch.full((), 1.0 / fan_in, dtype=self._dtype, device=where)
+                value = torch.full((), 1.0 / fan_in, dtype=dtype, device=where)
                 value = value.expand(parameter.shape)
             else:
-                value = parameter.detach().to(where, self._dtype)
+                value = parameter.detach().to(where, dtype)
             substitutes[name] = value
         for name, buffer in self._model.named_buffers(remove_duplicate=False):
             where = device if device == "meta" else buffer.device
-            dtype = self._dtype if buffer.is_floating_point() else buffer.dtype
+            dtype = dtype if buffer.is_floating_point() else buffer.dtype
             substitutes[name] = buffer.detach().to(where, dtype, copy=True)
         return substitutes
 
