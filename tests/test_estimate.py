@@ -180,3 +180,28 @@ def test_thin_probe_that_loses_a_branch_is_caught_by_the_confirmation() -> None:
     provider = LosesPathsWhenThin([Axis(3, 1, symmetric(1)), Axis(3, 1, symmetric(1))], (40, 40))
     rf = measure(provider)
     assert rf.size == (9, 3) and rf.padding == (4, 1)
+
+
+@pytest.mark.parametrize("value", [1.0, float("inf")])
+def test_a_scout_that_hides_gradient_is_overruled(value: float) -> None:
+    from rfest._estimate import estimate
+
+    axes = [Axis(9, 2, symmetric(4)), Axis(5, 1, symmetric(2))]
+    # As float32 underflow would: the outermost pixel on each side goes missing.
+    shrunk = [Axis(7, 2, symmetric(3)), Axis(3, 1, symmetric(1))]
+    scout = FakeProvider(shrunk, (40, 40), value=value)
+    precise = FakeProvider(axes, (40, 40))
+    rf = estimate(precise, "out", scout=scout)
+    assert (rf.size, rf.stride, rf.padding) == ((9, 5), (2, 1), (4, 2))
+    if value == 1.0:  # a consistent but wrong scout answer is caught by the confirmation
+        assert sum(count == 1 for _, count in precise.calls) == 2
+
+
+def test_a_right_scout_is_confirmed_with_one_full_probe_per_axis() -> None:
+    from rfest._estimate import estimate
+
+    axes = [Axis(9, 2, symmetric(4)), Axis(5, 1, symmetric(2))]
+    precise = FakeProvider(axes, (40, 40))
+    rf = estimate(precise, "out", scout=FakeProvider(axes, (40, 40)))
+    assert (rf.size, rf.stride, rf.padding) == ((9, 5), (2, 1), (4, 2))
+    assert [count for _, count in precise.calls] == [1, 1]
