@@ -6,7 +6,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any, overload
 
-from rfest._errors import InputShapeError, NonUniformWarning
+from rfest._errors import NonUniformWarning, OptionError
 from rfest._estimate import DEFAULT_MAX_INPUT_SIZE, estimate
 from rfest._registry import detect_backend, make_provider
 from rfest._result import ReceptiveField
@@ -93,13 +93,15 @@ def compute(
         ((4, 4), (2, 2), (0, 0))
     """
     if dtype not in _DTYPES:
-        raise InputShapeError(f"dtype={dtype!r} is not supported; use one of {_DTYPES}")
+        raise OptionError(f"dtype={dtype!r} is not supported; use one of {_DTYPES}")
+    if not isinstance(linearize, bool):
+        raise OptionError(f"linearize={linearize!r} must be True or False")
     if (
         isinstance(max_input_size, bool)
         or not isinstance(max_input_size, int)
         or max_input_size < 1
     ):
-        raise InputShapeError(
+        raise OptionError(
             f"max_input_size={max_input_size!r} must be a positive int (the largest probe "
             f"size along one axis)"
         )
@@ -108,9 +110,7 @@ def compute(
     provider = make_provider(name, model, dtype=dtype, **options)
     scout = make_provider(name, model, dtype="float32", **options) if dtype != "float32" else None
     results = {
-        output_name: estimate(
-            provider, output_name, max_input_size=max_input_size, scout=scout
-        )
+        output_name: estimate(provider, output_name, max_input_size=max_input_size, scout=scout)
         for output_name in provider.output_names
     }
     for result in results.values():

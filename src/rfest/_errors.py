@@ -15,6 +15,7 @@ __all__ = [
     "NoDependenceError",
     "NonFiniteGradientError",
     "NonUniformWarning",
+    "OptionError",
     "OutputNotFoundError",
     "ProbeSizeError",
     "RFEstError",
@@ -50,6 +51,10 @@ class UnrecognizedModelError(BackendError, TypeError):
 
 class InputShapeError(RFEstError, ValueError):
     """``input_shape`` is malformed or does not fit the model."""
+
+
+class OptionError(RFEstError, ValueError):
+    """An option of ``rfest.compute`` (or of a backend) is unknown or has a bad value."""
 
 
 class OutputNotFoundError(RFEstError, LookupError):

@@ -43,6 +43,7 @@ DEFAULT_FREE_SIZE = 32
 DEFAULT_MAX_INPUT_SIZE = 4096
 """Largest probe size along one axis before rfest gives up (option ``max_input_size``)."""
 
+_FAR = 64  # output shapes at 64 x the cap tell a global reduction from a large stride
 _THIN_SIZE = 16  # size of the other axes while one axis is measured (then confirmed)
 _RUN_HALF_WIDTH = 2  # a run of 5 neighbours: four steps see any phase pattern of period <= 4
 
@@ -201,7 +202,9 @@ def _confirmed(
         return False
     middle = tuple(m // 2 for m in base_out)
     spatial = _with(base, axis, n)
-    (support,) = _gradient_supports(provider, output_name, spatial, [_with(middle, axis, unit)], axis)
+    (support,) = _gradient_supports(
+        provider, output_name, spatial, [_with(middle, axis, unit)], axis
+    )
     return (support.lo, support.hi) == (start, start + size - 1)
 
 
@@ -316,8 +319,10 @@ def _measure_axis(
     while True:
         probe = _probe(provider, output_name, base, base_out, axis, n, m, centre)
         if probe.whole:
-            if _output_len(provider, output_name, base, axis, cap) == m or n >= cap:
-                return AxisGeometry(None, None, None, True, n)
+            if _output_len(provider, output_name, base, axis, _FAR * cap) == m:
+                return AxisGeometry(None, None, None, True, n)  # global pooling and the like
+            if n >= cap and m > 1:
+                return AxisGeometry(None, None, None, True, n)  # squeeze-excite, attention
         else:
             stride = _stride(probe) or stride
             if stride is not None and (n - n0) % stride.value == 0:
@@ -326,11 +331,15 @@ def _measure_axis(
                     _check_growth(provider, output_name, base, axis, base_out[axis], fit)
                     return fit
         if n >= cap:
+            seen = (
+                "its single unit sees the whole input at every size up to"
+                if probe.whole
+                else "no unit's field lies wholly inside a probe input of size"
+            )
             raise ProbeSizeError(
                 f"the receptive field of output {output_name!r} along axis {axis} does not "
-                f"fit in a probe input of size {n} (the cap): no unit's field lies wholly "
-                f"inside it. Raise the cap with max_input_size=..., or choose an earlier "
-                f"output"
+                f"fit: {seen} {n} (the cap). Raise the cap with max_input_size=..., or "
+                f"choose an earlier output"
             )
         n, inside = _next_size(probe, n0, stride, cap)
         m = _output_len(provider, output_name, base, axis, n)

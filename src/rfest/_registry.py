@@ -53,6 +53,8 @@ class _KnownBackend:
 
 
 _KNOWN: Mapping[str, _KnownBackend] = {
+    "jax": _KnownBackend("JAX and Flax", "jax", "jax", ("flax",)),
+    "keras": _KnownBackend("Keras 3", "keras", "keras", ("keras", "tf_keras")),
     "torch": _KnownBackend("PyTorch", "torch", "torch", ("torch",)),
 }
 
@@ -158,6 +160,8 @@ def detect_backend(model: Any) -> str:
         rfest._errors.UnrecognizedModelError: ...
     """
     candidates = _entry_points().keys() | _factories.keys()
+    if isinstance(model, tuple) and len(model) == 2:  # a Flax Linen (module, variables) pair
+        model = model[0]
     for cls in type(model).__mro__:
         root = cls.__module__.partition(".")[0]
         for name, known in _KNOWN.items():
@@ -166,14 +170,20 @@ def detect_backend(model: Any) -> str:
         if root in candidates and root != "builtins":
             return root
     installed = ", ".join(available_backends()) or "none"
-    if callable(model) and not isinstance(model, type):
+    if isinstance(model, type):
+        raise UnrecognizedModelError(
+            f"you passed the class {model.__qualname__}, not a model; pass an instance, "
+            f"e.g. {model.__qualname__}(...)"
+        )
+    if callable(model):
         raise UnrecognizedModelError(
             f"a plain callable ({type(model).__name__}) could belong to any framework; "
             f"pass backend=... to say which (installed: {installed})"
         )
     raise UnrecognizedModelError(
         f"no rfest backend recognises a model of type {type(model).__module__}."
-        f"{type(model).__qualname__}; expected a torch.nn.Module. Installed backends: "
+        f"{type(model).__qualname__}; expected a torch.nn.Module, a Keras model, a Flax "
+        f"module (or Linen (module, variables) pair). Installed backends: "
         f"{installed}. Pass backend=... or install the extra for your framework, e.g. "
         f"pip install 'rfest[torch]'"
     )

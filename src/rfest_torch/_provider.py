@@ -10,6 +10,7 @@ restored by its context manager.
 from __future__ import annotations
 
 import difflib
+import inspect
 import math
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -21,7 +22,14 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from rfest import InputShapeError, ModelCallError, OutputNotFoundError, RFEstError
+from rfest import (
+    InputShapeError,
+    ModelCallError,
+    OptionError,
+    OutputNotFoundError,
+    RFEstError,
+    UnrecognizedModelError,
+)
 from rfest_torch._linearize import EvalMode, LinearizedMode
 
 __all__ = ["TorchGradientProvider", "provider"]
@@ -68,10 +76,19 @@ class TorchGradientProvider:
         output: str | Sequence[str] | None = None,
         dtype: str = "float64",
         linearize: bool = True,
+        **unknown: Any,
     ) -> None:
+        if unknown:
+            raise OptionError(
+                f"unknown option(s) {', '.join(sorted(unknown))} for the torch backend; it "
+                f"takes input_shape, output, dtype, linearize, max_input_size"
+            )
         if not isinstance(model, nn.Module):
-            raise TypeError(f"the torch backend takes an nn.Module, not {type(model).__name__}")
+            raise UnrecognizedModelError(
+                f"the torch backend takes a torch.nn.Module, not a {type(model).__name__}"
+            )
         self._model: nn.Module = getattr(model, "_orig_mod", model)
+        _check_single_input(self._model)
         self._dtype = _DTYPES[dtype]
         self._linearize = linearize
         self._channels, self._spatial = _split_input_shape(input_shape)
@@ -189,7 +206,8 @@ class TorchGradientProvider:
                 raise ModelCallError(
                     f"the model raised {type(exc).__name__} on an input of shape "
                     f"{tuple(x.shape)} (batch, channels, *spatial): {exc}. Check that "
-                    f"input_shape=(C, *spatial) matches what the model takes"
+                    f"input_shape=(C, *spatial) matches what the model takes: the channel "
+                    f"count, the number of spatial axes, and a size large enough for it"
                 ) from exc
         if MODEL_OUTPUT in wanted and wanted[MODEL_OUTPUT] is None:
             if not isinstance(result, torch.Tensor):
@@ -259,11 +277,14 @@ class TorchGradientProvider:
     def _resolve_outputs(self, output: str | Sequence[str] | None) -> dict[str, nn.Module | None]:
         if output is None:
             return {MODEL_OUTPUT: None}
-        names = [output] if isinstance(output, str) else list(output)
+        names = [output] if isinstance(output, str) else list(output) if _is_list(output) else []
         if not names or not all(isinstance(n, str) for n in names):
             raise OutputNotFoundError(
                 f"output={output!r}: expected None, a module name, or a list of module names"
             )
+        if len(set(names)) != len(names):
+            twice = sorted({n for n in names if names.count(n) > 1})
+            raise OutputNotFoundError(f"output lists {', '.join(map(repr, twice))} twice")
         modules = dict(self._model.named_modules())
         resolved: dict[str, nn.Module | None] = {}
         for name in names:
@@ -309,6 +330,28 @@ def _split_input_shape(
             f"(PyTorch layout is (C, *spatial))"
         )
     return int(channels), shape[1:]
+
+
+def _is_list(value: object) -> bool:
+    return isinstance(value, (list, tuple))
+
+
+def _check_single_input(model: nn.Module) -> None:
+    try:
+        signature = inspect.signature(model.forward)
+    except (TypeError, ValueError):
+        return
+    required = [
+        p.name
+        for p in signature.parameters.values()
+        if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    if len(required) > 1:
+        raise InputShapeError(
+            f"{type(model).__name__}.forward takes {len(required)} inputs "
+            f"({', '.join(required)}); rfest feeds one. Wrap the model in a module whose "
+            f"forward(x) passes x as the input you want measured and fixed tensors for the rest"
+        )
 
 
 def _device_of(model: nn.Module) -> torch.device:

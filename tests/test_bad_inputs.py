@@ -1,0 +1,303 @@
+"""Every bad input gets a specific RFEstError that says what was wrong and how to fix it.
+
+One row per case: the call, the error class, and phrases the message must contain (what
+was wrong, what was expected, how to fix it). Backend-specific rows skip when the backend
+is missing. ``python tests/test_bad_inputs.py`` prints each case with its message.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+import rfest
+
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    call: Callable[[], Any]
+    error: type[rfest.RFEstError]
+    phrases: tuple[str, ...]
+    needs: str | None = None
+
+
+def _torch_cases() -> list[Case]:
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from rfest_torch.examples import receptivefield_readme_net
+
+    net = receptivefield_readme_net()
+
+    class Raises(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise RuntimeError("custom layer exploded")
+
+    class TwoInputs(nn.Module):
+        def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return x + y
+
+    class Ignores(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 1, 3)
+            self.bias = nn.Parameter(torch.ones(1, 1, 1, 1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.bias.expand(x.shape[0], 1, 4, 4) * 1.0
+
+    class Infinite(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 1, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(torch.log(x - x.detach()))
+
+    class Tuple(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 1, 3)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return self.conv(x), self.conv(x)
+
+    adaptive = nn.Sequential(nn.Conv2d(1, 1, 3, padding=1), nn.AdaptiveAvgPool2d(7))
+    # six k3 s2 p1: r = 1 + 2 * 63 = 127, stride 64; at a cap of 64 unit 0 sees everything.
+    big = nn.Sequential(*[nn.Conv2d(1, 1, 3, stride=2, padding=1) for _ in range(6)])
+    up = nn.Sequential(nn.Conv2d(1, 1, 3, stride=2, padding=1), nn.Upsample(scale_factor=2))
+
+    def flatten_then_map(x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x)
+
+    return [
+        Case(
+            "torch: input_shape missing",
+            lambda: rfest.compute(net),
+            rfest.InputShapeError,
+            ("does not declare", "input_shape=(C, *spatial)"),
+        ),
+        Case(
+            "torch: input_shape of the wrong rank",
+            lambda: rfest.compute(net, (96, 96)),
+            rfest.ModelCallError,
+            ("input of shape", "number of spatial axes"),
+        ),
+        Case(
+            "torch: too many axes",
+            lambda: rfest.compute(net, (1, 3, 96, 96, 1)),
+            rfest.InputShapeError,
+            ("has 5 axes", "without the batch axis"),
+        ),
+        Case(
+            "torch: zero size",
+            lambda: rfest.compute(net, (3, 0, 96)),
+            rfest.InputShapeError,
+            ("not a positive integer", "or None"),
+        ),
+        Case(
+            "torch: negative size",
+            lambda: rfest.compute(net, (3, -96, 96)),
+            rfest.InputShapeError,
+            ("-96", "positive integer"),
+        ),
+        Case(
+            "torch: non-integer size",
+            lambda: rfest.compute(net, (3, 96.5, 96)),
+            rfest.InputShapeError,
+            ("96.5", "int >= 1"),
+        ),
+        Case(
+            "torch: bad channel count",
+            lambda: rfest.compute(net, (4, 96, 96)),
+            rfest.ModelCallError,
+            ("channels", "input_shape=(C, *spatial)"),
+        ),
+        Case(
+            "torch: non-integer channels",
+            lambda: rfest.compute(net, ("3", 96, 96)),
+            rfest.InputShapeError,
+            ("channel count", "positive int"),
+        ),
+        Case(
+            "torch: input smaller than the network takes",
+            lambda: rfest.compute(net, (3, 8, 8)),
+            rfest.ModelCallError,
+            ("size large enough",),
+        ),
+        Case(
+            "torch: unknown output name",
+            lambda: rfest.compute(net, (3, 96, 96), output="conv9"),
+            rfest.OutputNotFoundError,
+            ("no module named 'conv9'", "Did you mean"),
+        ),
+        Case(
+            "torch: output named twice",
+            lambda: rfest.compute(net, (3, 96, 96), output=["conv1", "conv1"]),
+            rfest.OutputNotFoundError,
+            ("twice",),
+        ),
+        Case(
+            "torch: output of the wrong type",
+            lambda: rfest.compute(net, (3, 96, 96), output=3),
+            rfest.OutputNotFoundError,
+            ("expected None, a module name",),
+        ),
+        Case(
+            "torch: model output is a tuple",
+            lambda: rfest.compute(Tuple(), (1, 16, 16)),
+            rfest.OutputNotFoundError,
+            ("returns a tuple", "output='...'"),
+        ),
+        Case(
+            "torch: output independent of the input",
+            lambda: rfest.compute(Ignores(), (1, 8, 8)),
+            rfest.NoDependenceError,
+            ("does not depend on the input", "Check that"),
+        ),
+        Case(
+            "torch: infinite gradients",
+            lambda: rfest.compute(Infinite(), (1, 12, 12)),
+            rfest.NonFiniteGradientError,
+            ("NaN or infinity", "Try"),
+        ),
+        Case(
+            "torch: forward raises",
+            lambda: rfest.compute(Raises(), (1, 8, 8)),
+            rfest.ModelCallError,
+            ("raised RuntimeError", "custom layer exploded"),
+        ),
+        Case(
+            "torch: two-input forward",
+            lambda: rfest.compute(TwoInputs(), (1, 8, 8)),
+            rfest.InputShapeError,
+            ("takes 2 inputs", "Wrap the model"),
+        ),
+        Case(
+            "torch: field beyond the cap",
+            lambda: rfest.compute(big, (1, 16, 16), max_input_size=64),
+            rfest.ProbeSizeError,
+            ("(the cap)", "max_input_size="),
+        ),
+        Case(
+            "torch: output that does not grow with the input",
+            lambda: rfest.compute(adaptive, (1, 224, 224)),
+            rfest.SizeDependentGeometryError,
+            ("does not grow", "before that layer"),
+        ),
+        Case(
+            "torch: unknown backend option",
+            lambda: rfest.compute(net, (3, 96, 96), inptu="x"),
+            rfest.OptionError,
+            ("inptu", "takes input_shape"),
+        ),
+        Case(
+            "torch: model class instead of instance",
+            lambda: rfest.compute(nn.Conv2d, (1, 8, 8)),
+            rfest.UnrecognizedModelError,
+            ("class Conv2d", "pass an instance"),
+        ),
+        Case(
+            "torch: wrong model for an explicit backend",
+            lambda: rfest.compute(object(), (1, 8, 8), backend="torch"),
+            rfest.UnrecognizedModelError,
+            ("torch.nn.Module",),
+        ),
+        Case(
+            "torch: plain function",
+            lambda: rfest.compute(flatten_then_map, (1, 8, 8)),
+            rfest.UnrecognizedModelError,
+            ("plain callable", "backend="),
+        ),
+        Case(
+            "torch: non-uniform is a warning, not an error",
+            lambda: _expect_warning(lambda: rfest.compute(up, (1, 32, 32))),
+            rfest.RFEstError,
+            ("NonUniformWarning raised",),
+        ),
+    ]
+
+
+class _WarningSeen(rfest.RFEstError):
+    pass
+
+
+def _expect_warning(call: Callable[[], rfest.ReceptiveField]) -> None:
+    with pytest.warns(rfest.NonUniformWarning, match="largest seen") as record:
+        rf = call()
+    assert not rf.uniform and record
+    raise _WarningSeen("NonUniformWarning raised; uniform=False")
+
+
+CORE_CASES = [
+    Case(
+        "unknown backend name",
+        lambda: rfest.compute(object(), backend="tensorflw"),
+        rfest.UnknownBackendError,
+        ("no rfest backend is named 'tensorflw'", "installed:"),
+    ),
+    Case(
+        "unrecognised model type",
+        lambda: rfest.compute(object()),
+        rfest.UnrecognizedModelError,
+        ("no rfest backend recognises", "Installed backends"),
+    ),
+    Case(
+        "plain callable without backend",
+        lambda: rfest.compute(lambda x: x),
+        rfest.UnrecognizedModelError,
+        ("plain callable", "pass backend="),
+    ),
+    Case(
+        "bad dtype",
+        lambda: rfest.compute(object(), dtype="float16"),
+        rfest.OptionError,
+        ("float16", "use one of"),
+    ),
+    Case(
+        "bad cap",
+        lambda: rfest.compute(object(), max_input_size=0),
+        rfest.OptionError,
+        ("max_input_size=0", "positive int"),
+    ),
+    Case(
+        "bad linearize",
+        lambda: rfest.compute(object(), linearize="yes"),
+        rfest.OptionError,
+        ("linearize='yes'", "True or False"),
+    ),
+]
+
+CASES = CORE_CASES + (_torch_cases() if HAS_TORCH else [])
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_bad_input_gets_a_clear_error(case: Case) -> None:
+    with pytest.raises(case.error) as info:
+        case.call()
+    message = str(info.value)
+    for phrase in case.phrases:
+        assert phrase in message, f"{phrase!r} missing from: {message}"
+
+
+def test_the_matrix_is_large() -> None:
+    assert len(CASES) >= 25 or not HAS_TORCH
+
+
+if __name__ == "__main__":  # pragma: no cover - prints the table for the notes
+    import warnings
+
+    warnings.simplefilter("ignore")
+    for case in CASES:
+        try:
+            case.call()
+        except rfest.RFEstError as exc:
+            print(f"- {case.name}: {type(exc).__name__}: {exc}")
