@@ -1,6 +1,9 @@
 """rfest: exact receptive fields of convolutional networks, from gradients, in any framework."""
 
 from rfest._api import compute
+from rfest._effective import TheoreticalFieldWarning, effective
+from rfest._erf_result import EffectiveField
+from rfest._erf_stats import HeatmapStatistics, heatmap_statistics
 from rfest._errors import (
     BackendError,
     BackendLoadError,
@@ -29,8 +32,10 @@ __all__ = [
     "BackendError",
     "BackendLoadError",
     "BackendNotInstalledError",
+    "EffectiveField",
     "EstimationError",
     "GradientProvider",
+    "HeatmapStatistics",
     "InputGradientProvider",
     "InputShapeError",
     "LayerListingProvider",
@@ -44,9 +49,12 @@ __all__ = [
     "RFEstError",
     "ReceptiveField",
     "SizeDependentGeometryError",
+    "TheoreticalFieldWarning",
     "UnknownBackendError",
     "UnrecognizedModelError",
     "available_backends",
     "compute",
+    "effective",
+    "heatmap_statistics",
     "register_backend",
 ]

@@ -207,13 +207,24 @@ def _eval_table() -> dict[Any, _Replacement]:
         table[function] = _identity(name)
 
     def batch_norm_inference(x: Any, *args: Any, **kwargs: Any) -> Any:
-        names = ("running_mean", "running_var", "weight", "bias", "training")
-        bound = dict(zip(names, args, strict=True)) | kwargs
+        names = ("running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
+        bound = dict(zip(names, args, strict=False)) | kwargs
         if bound.get("running_mean") is not None:
             bound["training"] = False
         return F.batch_norm(x, **bound)
 
     table[F.batch_norm] = batch_norm_inference
+
+    def attention_without_dropout(*args: Any, **kwargs: Any) -> Any:
+        names = ("query", "key", "value", "attn_mask", "dropout_p")
+        bound = dict(zip(names, args, strict=False)) | kwargs
+        return F.scaled_dot_product_attention(**(bound | {"dropout_p": 0.0}))
+
+    def multi_head_attention_inference(*args: Any, **kwargs: Any) -> Any:
+        return F.multi_head_attention_forward(*args, **(kwargs | {"training": False}))
+
+    table[F.scaled_dot_product_attention] = attention_without_dropout
+    table[F.multi_head_attention_forward] = multi_head_attention_inference
     return table
 
 
