@@ -6,4 +6,22 @@ import importlib.util
 
 collect_ignore_glob: list[str] = []
 if importlib.util.find_spec("torch") is None:
-    collect_ignore_glob += ["src/rfest_torch/*", "src/rfest/_api.py"]
+    collect_ignore_glob += [
+        "src/rfest_torch/*",
+        "src/rfest/_api.py",
+        "src/rfest/_effective.py",
+        "src/rfest/_plots.py",
+        "src/rfest/_report.py",
+        "src/rfest/compat/pytorch.py",
+    ]
+if importlib.util.find_spec("matplotlib") is None:
+    collect_ignore_glob += [
+        "src/rfest/_plots.py",
+        "src/rfest/_image.py",
+        "src/rfest/_erf_plot.py",
+        "src/rfest/compat/*",
+    ]
+if importlib.util.find_spec("keras") is None:
+    collect_ignore_glob += ["src/rfest_keras/*", "src/rfest/compat/keras.py"]
+if importlib.util.find_spec("jax") is None or importlib.util.find_spec("flax") is None:
+    collect_ignore_glob += ["src/rfest_jax/*"]

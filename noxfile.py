@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import nox
 
-nox.options.sessions = ["lint", "tests_core", "tests_torch"]
+nox.options.sessions = ["lint", "tests_core", "tests_torch", "docs"]
 nox.options.default_venv_backend = "venv"
 
 CONSTRAINTS = ("-c", "constraints.txt")
@@ -29,5 +29,14 @@ def tests_core(session: nox.Session) -> None:
 @nox.session
 def tests_torch(session: nox.Session) -> None:
     """Everything, with the PyTorch backend."""
-    session.install(*CONSTRAINTS, "-e", ".[torch]", "--group", "test")
+    session.install(*CONSTRAINTS, "-e", ".[torch,plot]", "--group", "test")
     session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """The documentation site, warnings as errors; regenerate the gallery with posargs 'gallery'."""
+    session.install(*CONSTRAINTS, "-e", ".[torch,plot]", "--group", "docs")
+    if "gallery" in session.posargs:
+        session.run("python", "docs/gallery/make_gallery.py")
+    session.run("mkdocs", "build", "--strict")

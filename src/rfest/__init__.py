@@ -22,8 +22,17 @@ from rfest._errors import (
     UnknownBackendError,
     UnrecognizedModelError,
 )
+from rfest._image import sample_image
+from rfest._plots import (
+    gradient_map,
+    plot_gradient_map,
+    plot_rf_grid,
+    plot_rf_grids,
+    plot_rf_growth,
+)
 from rfest._protocol import GradientProvider, InputGradientProvider, LayerListingProvider
 from rfest._registry import available_backends, register_backend
+from rfest._report import LayerRecord, LayerReport, report
 from rfest._result import ReceptiveField
 
 __version__ = "0.1.0"
@@ -39,6 +48,8 @@ __all__ = [
     "InputGradientProvider",
     "InputShapeError",
     "LayerListingProvider",
+    "LayerRecord",
+    "LayerReport",
     "ModelCallError",
     "NoDependenceError",
     "NonFiniteGradientError",
@@ -55,6 +66,13 @@ __all__ = [
     "available_backends",
     "compute",
     "effective",
+    "gradient_map",
     "heatmap_statistics",
+    "plot_gradient_map",
+    "plot_rf_grid",
+    "plot_rf_grids",
+    "plot_rf_growth",
     "register_backend",
+    "report",
+    "sample_image",
 ]

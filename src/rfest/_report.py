@@ -1,0 +1,310 @@
+"""Per-layer report: the receptive field of every layer of a model, in one pass per probe.
+
+The backend lists the layers (`rfest.LayerListingProvider`); one provider is built
+for all of them, so each probe size runs the model once for every layer's output shape.
+A layer whose output rfest cannot measure (not a tensor, never run, no spatial axes
+matching the input, a field that does not fit...) gets a record that says why; the
+report never stops at it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from rfest._errors import BackendError, InputShapeError, ModelCallError, RFEstError
+from rfest._estimate import DEFAULT_FREE_SIZE, DEFAULT_MAX_INPUT_SIZE, estimate
+from rfest._protocol import GradientProvider, LayerListingProvider
+from rfest._registry import detect_backend, make_provider
+from rfest._result import ReceptiveField
+
+__all__ = ["LayerRecord", "LayerReport", "ProgressCallback", "report"]
+
+ProgressCallback = Callable[[int, int, str], None]
+"""Called as ``progress(done, total, layer_name)`` before each layer is measured."""
+
+
+@dataclass(frozen=True)
+class LayerRecord:
+    """The receptive field of one layer's output, or why it has none.
+
+    Fields are those of `rfest.ReceptiveField` (per spatial axis, input-axis
+    order) plus ``name`` (what ``output=`` takes), ``type`` (the layer's class name where
+    the model exposes it) and ``error`` (None, or why the layer has no measurable field).
+
+    Example:
+        >>> LayerRecord("conv1", output_shape=(92, 92), size=(5, 5), stride=(1, 1),
+        ...             padding=(0, 0), offset=(2.0, 2.0)).status
+        'ok'
+        >>> LayerRecord("head", error="output is a tuple, not a tensor").status
+        'error'
+    """
+
+    name: str
+    type: str | None = None
+    output_shape: tuple[int, ...] | None = None
+    size: tuple[int | None, ...] | None = None
+    stride: tuple[int | None, ...] | None = None
+    padding: tuple[int | None, ...] | None = None
+    offset: tuple[float | None, ...] | None = None
+    is_global: bool = False
+    uniform: bool = True
+    grown: bool = False
+    error: str | None = None
+
+    @property
+    def status(self) -> str:
+        """``"ok"``, ``"global"``, ``"non-uniform"`` or ``"error"``."""
+        if self.error is not None:
+            return "error"
+        if self.is_global:
+            return "global"
+        return "ok" if self.uniform else "non-uniform"
+
+    @classmethod
+    def from_field(cls, name: str, rf: ReceptiveField, type: str | None = None) -> LayerRecord:
+        """The record of a measured field."""
+        return cls(
+            name=name,
+            type=type,
+            output_shape=tuple(rf.output_shape),
+            size=rf.size,
+            stride=rf.stride,
+            padding=rf.padding,
+            offset=rf.offset,
+            is_global=rf.is_global,
+            uniform=rf.uniform,
+            grown=rf.grown,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-ready form (tuples become lists), with ``status``."""
+        return {
+            key: list(value) if isinstance(value, tuple) else value
+            for key, value in asdict(self).items()
+        } | {"status": self.status}
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    """Every layer's record, in the order the backend lists the layers.
+
+    Example:
+        >>> r = LayerReport((LayerRecord("conv", output_shape=(6,), size=(3,), stride=(1,),
+        ...                              padding=(0,), offset=(1.0,)),), input_shape=(8,))
+        >>> r["conv"].size, len(r)
+        ((3,), 1)
+        >>> print(r.to_text())
+        layer  type  output  size  stride  padding  offset  status
+        -----  ----  ------  ----  ------  -------  ------  ------
+        conv   -     6       3     1       0        1.0     ok
+    """
+
+    records: tuple[LayerRecord, ...]
+    input_shape: tuple[int, ...]
+    backend: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __iter__(self) -> Iterator[LayerRecord]:
+        return iter(self.records)
+
+    def __getitem__(self, name: str) -> LayerRecord:
+        for record in self.records:
+            if record.name == name:
+                return record
+        raise KeyError(f"no layer named {name!r} in the report")
+
+    def to_dicts(self) -> list[dict[str, Any]]:
+        """The records as a list of plain dicts (see `LayerRecord.to_dict`)."""
+        return [record.to_dict() for record in self.records]
+
+    def to_json(self, **dumps_options: Any) -> str:
+        """JSON text: ``{"input_shape": [...], "backend": ..., "layers": [records]}``."""
+        document = {
+            "input_shape": list(self.input_shape),
+            "backend": self.backend,
+            "layers": self.to_dicts(),
+        }
+        return json.dumps(document, **dumps_options)
+
+    def to_text(self) -> str:
+        """A readable table, one row per layer; errors follow their row, indented."""
+        header = ("layer", "type", "output", "size", "stride", "padding", "offset", "status")
+        rows = [
+            (
+                r.name,
+                r.type or "-",
+                _cell(r.output_shape),
+                _cell(r.size),
+                _cell(r.stride),
+                _cell(r.padding),
+                _cell(r.offset),
+                r.status + (" (grown)" if r.grown else ""),
+            )
+            for r in self.records
+        ]
+        widths = [max(len(row[k]) for row in [header, *rows]) for k in range(len(header))]
+        lines = [_line(header, widths), _line(tuple("-" * w for w in widths), widths)]
+        for record, row in zip(self.records, rows, strict=True):
+            lines.append(_line(row, widths))
+            if record.error is not None:
+                lines.append(f"    {record.error}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.to_text()
+
+
+def report(
+    model: Any,
+    input_shape: Sequence[int | None] | None = None,
+    *,
+    backend: str | None = None,
+    layers: Sequence[str] | None = None,
+    dtype: str = "float64",
+    linearize: bool = True,
+    max_input_size: int = DEFAULT_MAX_INPUT_SIZE,
+    progress: ProgressCallback | None = None,
+    **backend_options: Any,
+) -> LayerReport:
+    """The receptive field of every layer of ``model``: a `LayerReport`.
+
+    Arguments are those of `rfest.compute`; instead of ``output`` it takes
+    ``layers`` (None: every layer the backend lists, which needs a backend with
+    ``layer_names()``). Records follow the backend's order (PyTorch: ``named_modules()``).
+    A layer that cannot be measured gets a record whose ``error`` says why. Non-uniform
+    fields are flagged in their record (``uniform=False``), without a warning.
+
+    Example:
+        >>> import torch.nn as nn
+        >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten())
+        >>> r = report(net, (1, 16, 16))
+        >>> for x in r:
+        ...     print(x.name, x.size, x.stride, x.status)
+        0 (3, 3) (1, 1) ok
+        1 (3, 3) (1, 1) ok
+        2 (4, 4) (2, 2) ok
+        3 None None global
+    """
+    name = backend if backend is not None else detect_backend(model)
+    options = dict(dtype=dtype, linearize=linearize, **backend_options)
+
+    def build(output: str | Sequence[str] | None) -> GradientProvider:
+        return make_provider(name, model, input_shape=input_shape, output=output, **options)
+
+    lister = build(None)
+    base = tuple(DEFAULT_FREE_SIZE if n is None else int(n) for n in lister.spatial_shape)
+    if layers is None:
+        if not isinstance(lister, LayerListingProvider):
+            raise BackendError(
+                f"the rfest backend {name!r} cannot list a model's layers (its provider has "
+                f"no layer_names()); pass layers=[...] with the names to report"
+            )
+        layers = lister.layer_names()
+    names = list(dict.fromkeys(layers))
+    if not names:
+        raise InputShapeError("the model has no layers to report; pass layers=[...]")
+    types = _layer_types(model)
+    shared, failures = _shared_provider(build, names, base)
+    records = []
+    for done, layer in enumerate(names):
+        if progress is not None:
+            progress(done, len(names), layer)
+        if layer in failures:
+            records.append(LayerRecord(layer, type=types.get(layer), error=failures[layer]))
+            continue
+        records.append(_measure(build, shared, layer, types.get(layer), max_input_size))
+    if progress is not None:
+        progress(len(names), len(names), "")
+    return LayerReport(tuple(records), input_shape=base, backend=name)
+
+
+def _measure(
+    build: Callable[[str | Sequence[str] | None], GradientProvider],
+    shared: GradientProvider | None,
+    layer: str,
+    type_name: str | None,
+    max_input_size: int,
+) -> LayerRecord:
+    """One layer's record: on the shared provider, else (a model that fails at some probe
+    sizes once it runs past this layer) on a provider for this layer alone."""
+    try:
+        if shared is not None:
+            try:
+                rf = estimate(shared, layer, max_input_size=max_input_size)
+                return LayerRecord.from_field(layer, rf, type_name)
+            except ModelCallError:
+                pass
+        rf = estimate(build(layer), layer, max_input_size=max_input_size)
+        return LayerRecord.from_field(layer, rf, type_name)
+    except RFEstError as exc:
+        return LayerRecord(layer, type=type_name, error=_reason(exc))
+
+
+def _shared_provider(
+    build: Callable[[str | Sequence[str] | None], GradientProvider],
+    names: list[str],
+    base: tuple[int, ...],
+) -> tuple[GradientProvider | None, dict[str, str]]:
+    """One provider for every layer that runs at ``base``, and why the others do not.
+
+    Tries all layers at once; when that fails, halves the list until each failing layer
+    is found alone (a few model runs per failing layer).
+    """
+    failures: dict[str, str] = {}
+
+    def usable(group: list[str]) -> list[str]:
+        try:
+            shapes = build(group).output_shapes(base)
+        except RFEstError as exc:
+            if len(group) == 1:
+                failures[group[0]] = _reason(exc)
+                return []
+            half = len(group) // 2
+            return usable(group[:half]) + usable(group[half:])
+        ran = [n for n in group if n in shapes]
+        for n in group:
+            if n not in shapes:
+                failures[n] = "the layer did not run when the model was called on the input"
+        return ran
+
+    good = usable(names)
+    return (build(good) if good else None), failures
+
+
+def _layer_types(model: Any) -> dict[str, str]:
+    """Class names of the model's layers, where the model lists them (duck-typed)."""
+    named_modules = getattr(model, "named_modules", None)
+    if callable(named_modules):
+        try:
+            return {name: type(module).__name__ for name, module in named_modules() if name}
+        except Exception:
+            return {}
+    model_layers = getattr(model, "layers", None)
+    if isinstance(model_layers, (list, tuple)):
+        return {
+            str(layer.name): type(layer).__name__
+            for layer in model_layers
+            if hasattr(layer, "name")
+        }
+    return {}
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _cell(values: tuple[Any, ...] | None) -> str:
+    if values is None:
+        return "-"
+    if len(values) == 0:
+        return "()"
+    return "x".join("-" if v is None else str(v) for v in values)
+
+
+def _line(cells: tuple[str, ...], widths: list[int]) -> str:
+    return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()

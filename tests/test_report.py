@@ -1,0 +1,186 @@
+"""Per-layer report: every layer's field worked by hand, and records that say why not.
+
+Per axis, from r = 1, j = 1: ``r += (k - 1) * j``, ``j *= s``; valid layers keep padding 0.
+Pointwise modules (ReLU) have the field of their input.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from torch import Tensor, nn  # noqa: E402
+
+import rfest  # noqa: E402
+from rfest._report import LayerRecord, LayerReport, report  # noqa: E402
+
+pytestmark = pytest.mark.torch
+
+
+def narrow_readme_net() -> nn.Sequential:
+    """The receptivefield README network, 2 channels per layer (geometry unchanged)."""
+    c = 2
+    return nn.Sequential(
+        OrderedDict(
+            conv1=nn.Conv2d(3, c, 5),
+            relu1=nn.ReLU(),
+            conv2=nn.Conv2d(c, c, 3),
+            relu2=nn.ReLU(),
+            pool1=nn.MaxPool2d(2),
+            conv3=nn.Conv2d(c, c, 3),
+            relu3=nn.ReLU(),
+            conv4=nn.Conv2d(c, c, 3),
+            relu4=nn.ReLU(),
+            pool2=nn.MaxPool2d(2),
+            conv5=nn.Conv2d(c, c, 3),
+            relu5=nn.ReLU(),
+            feature_grid=nn.Conv2d(c, c, 3),
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+def readme_report() -> LayerReport:
+    return report(narrow_readme_net(), (3, 48, 48))
+
+
+def test_readme_network_layer_by_layer(readme_report: LayerReport) -> None:
+    # name: (size, stride, output units on 48 px; the field, 34, fits in 48)
+    # conv1 k5: r5 j1, 44.  conv2 k3: r7, 42.  pool1 k2 s2: r8 j2, 21.  conv3: r12, 19.
+    # conv4: r16, 17.  pool2: r18 j4, 8.  conv5: r26, 6.  feature_grid: r34, 4.
+    convs = {
+        "conv1": (5, 1, 44),
+        "conv2": (7, 1, 42),
+        "pool1": (8, 2, 21),
+        "conv3": (12, 2, 19),
+        "conv4": (16, 2, 17),
+        "pool2": (18, 4, 8),
+        "conv5": (26, 4, 6),
+        "feature_grid": (34, 4, 4),
+    }
+    expected = dict(convs)
+    for k in range(1, 6):  # relu_k follows conv_k (relu5 follows conv5)
+        expected[f"relu{k}"] = convs[f"conv{k}"]
+    assert [r.name for r in readme_report] == [n for n, _ in narrow_readme_net().named_children()]
+    for record in readme_report:
+        size, stride, units = expected[record.name]
+        assert record.status == "ok", record
+        assert record.size == (size, size), record.name
+        assert record.stride == (stride, stride), record.name
+        assert record.padding == (0, 0), record.name
+        assert record.offset == ((size - 1) / 2,) * 2, record.name
+        assert record.output_shape == (units, units), record.name
+    assert readme_report["relu2"].type == "ReLU"
+    assert readme_report.input_shape == (48, 48)
+    assert readme_report.backend == "torch"
+
+
+def test_report_as_json_and_text(readme_report: LayerReport) -> None:
+    document = json.loads(readme_report.to_json())
+    assert document["input_shape"] == [48, 48]
+    first = document["layers"][0]
+    assert (first["name"], first["size"], first["stride"], first["padding"]) == (
+        "conv1",
+        [5, 5],
+        [1, 1],
+        [0, 0],
+    )
+    assert first["status"] == "ok" and first["error"] is None
+    lines = readme_report.to_text().splitlines()
+    assert lines[0].split() == [
+        "layer",
+        "type",
+        "output",
+        "size",
+        "stride",
+        "padding",
+        "offset",
+        "status",
+    ]
+    last = ["feature_grid", "Conv2d", "4x4", "34x34", "4x4", "0x0", "16.5x16.5", "ok"]
+    assert lines[-1].split() == last
+
+
+class Pair(nn.Module):
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return x, x
+
+
+class Awkward(nn.Module):
+    """A conv, a module returning a tuple, a module never called, a global head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3)
+        self.pair = Pair()
+        self.unused = nn.Conv2d(2, 2, 3)
+        self.down = nn.Conv2d(2, 2, 2, stride=2)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flat = nn.Flatten()
+
+    def forward(self, x: Tensor) -> Tensor:
+        a, _ = self.pair(self.conv(x))
+        return self.flat(self.pool(self.down(a)))
+
+
+def test_unmeasurable_layers_get_a_record_that_says_why() -> None:
+    progress: list[tuple[int, int, str]] = []
+    result = report(Awkward(), (1, 20, 20), progress=lambda *a: progress.append(a))
+    by_name = {r.name: r for r in result}
+    assert list(by_name) == ["conv", "pair", "unused", "down", "pool", "flat"]
+    # conv k3: r3 j1; down k2 s2 after it: r4 j2; adaptive pooling to 1x1 and flatten: global.
+    assert (by_name["conv"].size, by_name["conv"].stride) == ((3, 3), (1, 1))
+    assert (by_name["down"].size, by_name["down"].stride) == ((4, 4), (2, 2))
+    assert by_name["pool"].status == "global" and by_name["flat"].status == "global"
+    assert by_name["pair"].status == "error"
+    assert "tuple" in (by_name["pair"].error or "")
+    assert by_name["unused"].status == "error"
+    assert "did not run" in (by_name["unused"].error or "")
+    text = result.to_text()
+    assert "    OutputNotFoundError: module 'pair' returns a tuple" in text
+    assert progress[0] == (0, 6, "conv") and progress[-1] == (6, 6, "")
+
+
+def test_layers_before_a_fixed_size_head_are_measured() -> None:
+    # The Linear head takes 2*14*14 features only: at other probe sizes the model raises,
+    # but conv '0' (k3: r3 j1) is measured on its own, and the head is global.
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2 * 14 * 14, 4))
+    result = report(net, (1, 16, 16))
+    assert (result["0"].size, result["0"].stride, result["0"].padding) == (
+        (3, 3),
+        (1, 1),
+        (0, 0),
+    )
+    assert result["2"].status == "global"
+
+
+def test_chosen_layers_only_and_errors_for_bad_arguments() -> None:
+    result = report(narrow_readme_net(), (3, 40, 40), layers=["pool1", "conv1"])
+    assert [r.name for r in result] == ["pool1", "conv1"]
+    assert result["pool1"].size == (8, 8)  # as worked above
+    with pytest.raises(KeyError, match="nope"):
+        result["nope"]
+    assert report(narrow_readme_net(), (3, 40, 40), layers=["nope"])["nope"].status == "error"
+
+
+def test_backend_without_layer_listing_asks_for_layers() -> None:
+    from fake_provider import Axis, FakeProvider
+
+    rfest.register_backend(
+        "fake-report",
+        lambda model, **options: FakeProvider([Axis(3, 1)], (10,)),
+        replace=True,
+    )
+    with pytest.raises(rfest.BackendError, match="layers="):
+        report(object(), backend="fake-report")
+    result = report(object(), backend="fake-report", layers=["out"])
+    assert result["out"].size == (3,)
+
+
+def test_record_dict_is_json_ready() -> None:
+    record = LayerRecord("x", output_shape=(4,), size=(3,), stride=(1,), padding=(1,))
+    assert json.loads(json.dumps(record.to_dict()))["size"] == [3]
