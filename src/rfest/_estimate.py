@@ -159,7 +159,7 @@ def _measure_axis_thin_first(
         try:
             thin_out = _output_shape(scout, thin, output_name)
             geometry = _measure_axis(scout, output_name, thin, thin_out, axis, max_input_size)
-        except EstimationError:
+        except RFEstError:
             pass
         else:
             if geometry.size is None or _confirmed(
