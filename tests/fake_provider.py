@@ -25,6 +25,7 @@ class Axis:
     upsample: int = 1  # nearest upsampling by this factor at the end
     fixed_out: int | None = None  # adaptive pooling to this many units
     whole: bool = False  # every unit sees the whole axis (global path)
+    stem: int = 1  # a 'valid' stem of this stride never reaches the last n % stem pixels
 
     def out_len(self, n: int) -> int:
         if self.fixed_out is not None:
@@ -41,8 +42,9 @@ class Axis:
             mask[(i * n) // self.fixed_out : -(-(i + 1) * n // self.fixed_out)] = True
             return mask
         start = (i // self.upsample) * self.stride - self.pad(n)[0]
+        reach = (n // self.stem) * self.stem
         for t in range(start, start + self.size, self.hole + 1):
-            if 0 <= t < n:
+            if 0 <= t < reach:
                 mask[t] = True
             elif self.border == "reflect":
                 mask[-t if t < 0 else 2 * (n - 1) - t] = True

@@ -64,6 +64,16 @@ def test_same_padding_geometry_is_that_of_the_given_size() -> None:
         assert rf.grown and (rf.probe_shape[0] - n) % 4 == 0
 
 
+@pytest.mark.parametrize("n", [299, 300, 301, 302])
+def test_unreachable_tail_of_a_valid_stem_is_a_border(n: int) -> None:
+    # InceptionV3-like: a stride-4 'valid' stem never reaches the last n % 4 pixels, so
+    # supports of clipped units end before n - 1; they must not count as exact ends.
+    provider = FakeProvider([Axis(1311, 32, symmetric(618), stem=4)], (n,))
+    rf = measure(provider)
+    assert (rf.size, rf.stride, rf.padding) == ((1311,), (32,), (618,))
+    assert (rf.probe_shape[0] - n) % 32 == 0
+
+
 def test_holes_from_dilation_are_not_mistaken_for_clipping() -> None:
     # Support {s, s+4, s+8, ...}: 3 pixels skipped between elements.
     rf = measure(FakeProvider([Axis(13, 1, symmetric(6), hole=3)], (16,)))

@@ -69,28 +69,49 @@ class _Probe:
     supports: tuple[Interval, ...]
 
     @property
+    def near(self) -> int:
+        """First input index any probed unit reaches (the ends are always probed).
+
+        Layers that drop border pixels ('valid' strided stems, cropping) can leave the ends
+        of the input unreachable: a field running past them is clipped there, not at the
+        input's ends, so the borders that count are the reachable ones.
+        """
+        return min(s.lo for s in self.supports)
+
+    @property
+    def far(self) -> int:
+        """Last input index any probed unit reaches."""
+        return max(s.hi for s in self.supports)
+
+    @property
     def gap(self) -> int:
         """Widest hole inside the supports that touch neither border.
 
         Border units are left out: reflect and circular padding fold or wrap their
         supports, which opens holes the field itself does not have.
         """
-        return max((s.gap for s in self.supports if s.lo > 0 and s.hi < self.n - 1), default=0)
+        return max(
+            (s.gap for s in self.supports if self.near < s.lo and s.hi < self.far), default=0
+        )
 
     @property
     def whole(self) -> bool:
-        return all(s.lo == 0 and s.hi == self.n - 1 for s in self.supports)
+        """Every unit sees all of the input (but a tail a strided stem cannot reach)."""
+        near, far = self.near, self.far
+        return (
+            near == 0
+            and 4 * far >= 3 * (self.n - 1)
+            and all((s.lo, s.hi) == (near, far) for s in self.supports)
+        )
 
     def exact_starts(self) -> dict[int, int]:
-        """Starts that cannot be clipped: further from index 0 than any hole is wide."""
-        return {i: s.lo for i, s in zip(self.units, self.supports, strict=True) if s.lo > self.gap}
+        """Starts that cannot be clipped: further from the near border than any hole is wide."""
+        limit = self.near + self.gap
+        return {i: s.lo for i, s in zip(self.units, self.supports, strict=True) if s.lo > limit}
 
     def exact_ends(self) -> dict[int, int]:
-        return {
-            i: s.hi
-            for i, s in zip(self.units, self.supports, strict=True)
-            if s.hi < self.n - 1 - self.gap
-        }
+        limit = self.far - self.gap
+        return {i: s.hi for i, s in zip(self.units, self.supports, strict=True) if s.hi < limit}
 
 
 @dataclass(frozen=True)
