@@ -34,6 +34,13 @@ def tests_torch(session: nox.Session) -> None:
 
 
 @nox.session
+def tests_keras(session: nox.Session) -> None:
+    """The Keras tests, on TensorFlow here and on JAX and PyTorch in subprocesses."""
+    session.install(*CONSTRAINTS, "-e", ".[all]", "--group", "test", "--group", "tensorflow")
+    session.run("python", "-m", "pytest", "-m", "keras", *session.posargs)
+
+
+@nox.session
 def docs(session: nox.Session) -> None:
     """The documentation site, warnings as errors; regenerate the gallery with posargs 'gallery'."""
     session.install(*CONSTRAINTS, "-e", ".[torch,plot]", "--group", "docs")

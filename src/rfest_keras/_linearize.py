@@ -1,0 +1,254 @@
+"""Linearization of a Keras model copy: one table, applied to configs and to layers.
+
+The table names Keras layer classes by what they become:
+
+- pointwise activations, softmax, normalisation, dropout and noise: identity;
+- max pooling (plain, global, adaptive): average pooling of the same geometry;
+- ``Maximum``/``Minimum`` merges: their mean; ``Subtract``: a sum (a difference of two
+  positive paths could cancel where they overlap);
+- every ``activation=`` argument: linear;
+- weights: positive constants (``1 / fan_in``), biases zero.
+
+Functional and Sequential models are rewritten in their config before the copy is built
+(:func:`linearize_config`); every layer of the built copy then goes through
+:func:`linearize_layers`, which patches the *copy's* layer instances (subclassed models,
+layers nested in custom layers). Nothing here touches the user's model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import keras
+import numpy as np
+
+__all__ = [
+    "linearize_config",
+    "linearize_layers",
+    "narrow_config",
+    "patch_pooling_3d",
+    "set_constant_weights",
+]
+
+_IDENTITY = frozenset(
+    [
+        "Activation",
+        "ReLU",
+        "LeakyReLU",
+        "PReLU",
+        "ELU",
+        "ThresholdedReLU",
+        "Softmax",
+        "BatchNormalization",
+        "LayerNormalization",
+        "GroupNormalization",
+        "UnitNormalization",
+        "RMSNormalization",
+        "Normalization",
+        "Dropout",
+        "SpatialDropout1D",
+        "SpatialDropout2D",
+        "SpatialDropout3D",
+        "GaussianNoise",
+        "GaussianDropout",
+        "AlphaDropout",
+        "ActivityRegularization",
+    ]
+)
+_AS_AVERAGE = {
+    f"{kind}MaxPooling{d}D": f"{kind}AveragePooling{d}D"
+    for kind in ("", "Global", "Adaptive")
+    for d in (1, 2, 3)
+}
+_MERGES = {"Maximum": "Average", "Minimum": "Average", "Subtract": "Add"}
+
+# Layers whose output channels are all alike once weights are constant, or that treat
+# channels alike: with them only, one channel per layer carries the same support.
+_WIDTH_PARAMETER = {
+    **{f"Conv{d}D": "filters" for d in (1, 2, 3)},
+    **{f"Conv{d}DTranspose": "filters" for d in (1, 2, 3)},
+    **{f"SeparableConv{d}D": "filters" for d in (1, 2)},
+    "Dense": "units",
+}
+_CHANNEL_BLIND = frozenset(
+    {
+        "InputLayer",
+        "Identity",
+        "Flatten",
+        "Add",
+        "Multiply",
+        "Average",
+        "Concatenate",
+        "DepthwiseConv1D",
+        "DepthwiseConv2D",
+        *(f"{kind}{d}D" for kind in ("ZeroPadding", "Cropping", "UpSampling") for d in (1, 2, 3)),
+        *(f"{kind}AveragePooling{d}D" for kind in ("", "Global") for d in (1, 2, 3)),
+    }
+)
+_WIDTH = 1
+_CONTAINERS = frozenset({"Functional", "Sequential"})
+
+
+def _keras_layer(entry: dict[str, Any]) -> bool:
+    return entry.get("module") == "keras.layers" and entry.get("registered_name") is None
+
+
+def _layer_entries(config: dict[str, Any]) -> Iterable[dict[str, Any]]:
+    """Every serialized layer of a model config, those of nested models included."""
+    for entry in config.get("layers", []):
+        yield entry
+        inner = entry.get("config")
+        if isinstance(inner, dict) and "layers" in inner:
+            yield from _layer_entries(inner)
+
+
+def linearize_config(config: dict[str, Any]) -> None:
+    """Rewrite a Functional/Sequential config in place into its linearized counterpart."""
+    for entry in _layer_entries(config):
+        if not _keras_layer(entry):
+            continue
+        name, inner = entry["class_name"], entry["config"]
+        keep = {k: inner[k] for k in ("name", "dtype", "trainable") if k in inner}
+        if name in _IDENTITY:
+            entry["class_name"] = "Activation"
+            entry["config"] = {**keep, "activation": "linear"}
+            for node in entry.get("inbound_nodes", []):
+                if isinstance(node, dict):
+                    node["kwargs"] = {}
+        elif name in _AS_AVERAGE:
+            entry["class_name"] = _AS_AVERAGE[name]
+        elif name in _MERGES:
+            entry["class_name"] = _MERGES[name]
+        elif "activation" in inner:
+            inner["activation"] = "linear"
+
+
+def narrow_config(config: dict[str, Any]) -> bool:
+    """Give every layer one output channel, in place, if that keeps the field; else False.
+
+    With constant positive weights every channel a convolution or dense layer produces
+    is the same function of the input, so one channel has the support of all of them;
+    branches keep one channel each. This holds only for layers that treat channels alike,
+    so any other layer (custom, reshape, grouped convolution...) leaves the config as it
+    was and returns False. Run after :func:`linearize_config`.
+    """
+    changes: list[tuple[dict[str, Any], str]] = []
+    for entry in _layer_entries(config):
+        name = entry["class_name"]
+        if name in _CONTAINERS and entry.get("module", "").startswith("keras"):
+            continue
+        if not _keras_layer(entry):
+            return False
+        inner = entry["config"]
+        if name in _WIDTH_PARAMETER:
+            if inner.get("groups", 1) != 1:
+                return False
+            changes.append((inner, _WIDTH_PARAMETER[name]))
+        elif name == "Activation" and inner.get("activation") == "linear":
+            continue
+        elif name not in _CHANNEL_BLIND:
+            return False
+    for inner, key in changes:
+        inner[key] = _WIDTH
+    return True
+
+
+def linearize_layers(model: keras.Model) -> None:
+    """Patch the layers of a model copy in place (instance attributes only)."""
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        name = type(layer).__name__
+        from_keras = type(layer).__module__.startswith("keras.")
+        if from_keras and name in _IDENTITY:
+            layer.call = _identity
+        elif from_keras and name in _AS_AVERAGE:
+            layer.call = _average_pool(layer, name)
+        elif from_keras and name in _MERGES:
+            layer._merge_function = _sum if _MERGES[name] == "Add" else _mean
+        if callable(getattr(layer, "activation", None)):
+            layer.activation = keras.activations.linear
+
+
+def set_constant_weights(model: keras.Model) -> None:
+    """Kernels ``1 / fan_in``, biases and offsets 0, scales 1 (float variables only)."""
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        transpose = type(layer).__name__.endswith("Transpose")
+        for variable in (*layer._trainable_variables, *layer._non_trainable_variables):
+            dtype = keras.backend.standardize_dtype(variable.dtype)
+            if not dtype.startswith(("float", "bfloat")):
+                continue
+            shape = tuple(int(s) for s in variable.shape)
+            variable.assign(np.full(shape, _constant(variable.path, shape, transpose), dtype))
+
+
+def _constant(path: str, shape: tuple[int, ...], transpose: bool) -> float:
+    leaf = path.rpartition("/")[2]
+    if "bias" in leaf or leaf in ("beta", "offset", "moving_mean", "mean"):
+        return 0.0
+    if len(shape) < 2 or leaf in ("gamma", "scale", "moving_variance", "variance"):
+        return 1.0
+    size = math.prod(shape)
+    if leaf == "depthwise_kernel":
+        return 1.0 / (size // (shape[-2] * shape[-1]))
+    return 1.0 / (size // (shape[-2] if transpose else shape[-1]))
+
+
+def _no_float64_pool_3d(inputs: Any, dtype: str) -> bool:
+    """TensorFlow has no float64 3-D pooling kernel on CPU; pool in float32 there."""
+    return keras.backend.backend() == "tensorflow" and len(inputs.shape) == 5 and dtype == "float64"
+
+
+def patch_pooling_3d(model: keras.Model) -> None:
+    """Let a float64 copy's ``AveragePooling3D`` layers run on TensorFlow's CPU kernels."""
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if type(layer).__name__ == "AveragePooling3D":
+            layer.call = _average_pool(layer, "MaxPooling3D")
+
+
+def _identity(inputs: Any, *args: Any, **kwargs: Any) -> Any:
+    return inputs
+
+
+def _sum(inputs: list[Any]) -> Any:
+    total = inputs[0]
+    for x in inputs[1:]:
+        total = keras.ops.add(total, x)
+    return total
+
+
+def _mean(inputs: list[Any]) -> Any:
+    return keras.ops.divide(_sum(inputs), len(inputs))
+
+
+def _average_pool(layer: Any, name: str) -> Any:
+    data_format = getattr(layer, "data_format", "channels_last")
+    if name.startswith("Global"):
+        keepdims = bool(getattr(layer, "keepdims", False))
+
+        def global_mean(inputs: Any, *args: Any, **kwargs: Any) -> Any:
+            rank = len(inputs.shape)
+            axes = (
+                tuple(range(1, rank - 1))
+                if data_format == "channels_last"
+                else tuple(range(2, rank))
+            )
+            return keras.ops.mean(inputs, axis=axes, keepdims=keepdims)
+
+        return global_mean
+    if name.startswith("Adaptive"):
+        average = getattr(keras.layers, _AS_AVERAGE[name])(
+            layer.output_size, data_format=data_format, dtype=layer.dtype_policy
+        )
+        return lambda inputs, *args, **kwargs: average(inputs)
+
+    def window_mean(inputs: Any, *args: Any, **kwargs: Any) -> Any:
+        dtype = keras.backend.standardize_dtype(inputs.dtype)
+        if _no_float64_pool_3d(inputs, dtype):
+            inputs = keras.ops.cast(inputs, "float32")
+        pooled = keras.ops.average_pool(
+            inputs, layer.pool_size, layer.strides, layer.padding, data_format
+        )
+        return keras.ops.cast(pooled, dtype)
+
+    return window_mean

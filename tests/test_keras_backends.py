@@ -1,0 +1,39 @@
+"""The Keras tests again with KERAS_BACKEND=jax and =torch, each in its own process.
+
+Keras fixes its framework at import, so one pytest process runs one backend; this
+process runs the Keras modules on its own backend (tensorflow by default).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.keras
+
+MODULES = ("test_keras_networks.py", "test_keras_safety.py")
+HERE = Path(__file__).parent
+
+
+@pytest.mark.skipif(importlib.util.find_spec("keras") is None, reason="needs Keras 3")
+@pytest.mark.skipif("RFEST_KERAS_CHILD" in os.environ, reason="already a backend run")
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_keras_tests_pass_on_backend(backend: str) -> None:
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} is not installed")
+    env = {**os.environ, "KERAS_BACKEND": backend, "RFEST_KERAS_CHILD": "1"}
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x"]
+    result = subprocess.run(
+        [*command, *(str(HERE / m) for m in MODULES)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=540,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
