@@ -41,6 +41,13 @@ def tests_keras(session: nox.Session) -> None:
 
 
 @nox.session
+def tests_jax(session: nox.Session) -> None:
+    """The JAX / Flax backend and the cross-framework parity suite."""
+    session.install(*CONSTRAINTS, "-e", ".[torch,jax]", "--group", "test")
+    session.run("python", "-m", "pytest", "-m", "jax", *session.posargs)
+
+
+@nox.session
 def docs(session: nox.Session) -> None:
     """The documentation site, warnings as errors; regenerate the gallery with posargs 'gallery'."""
     session.install(*CONSTRAINTS, "-e", ".[torch,plot]", "--group", "docs")

@@ -1,0 +1,358 @@
+"""The JAX :class:`rfest.GradientProvider`: ``jax.vjp`` through a rewritten jaxpr.
+
+Per input shape the model is traced once (``jax.make_jaxpr``) into a program that returns
+every named value; output shapes come from the trace without computing anything. A
+gradient map evaluates only the equations its output needs, linearized (see
+:mod:`rfest_jax._interpret`), on ONE positive sample, and pulls the probed units back in
+one ``vmap`` over cotangents, so probes cannot mix through batch statistics. float64 runs
+inside ``jax.enable_x64(True)``, which restores the user's setting on exit. The user's
+arrays are never written: params enter as arguments, and linearized params are new arrays.
+"""
+
+from __future__ import annotations
+
+import difflib
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rfest import InputShapeError, ModelCallError, OutputNotFoundError, RFEstError
+from rfest_jax._interpret import Value, evaluate, needed_equations
+from rfest_jax._models import MODEL_OUTPUT, Model, as_model
+
+__all__ = ["JaxGradientProvider", "provider"]
+
+_DTYPES = ("float32", "float64")
+_LISTING_SIZE = 32  # spatial size used to list names when the user left sizes free
+
+
+def provider(model: Any, **options: Any) -> JaxGradientProvider:
+    """Entry-point factory of the ``jax`` backend (see :class:`JaxGradientProvider`)."""
+    return JaxGradientProvider(model, **options)
+
+
+@dataclass
+class _Trace:
+    """One traced program: every named value of the model at one input shape."""
+
+    jaxpr: Any
+    consts: list[Any]
+    names: tuple[str, ...]
+    leaves: dict[str, int | None]  # leaf index of each name; None when not one array
+    shapes: dict[str, tuple[int, ...]]
+    plans: dict[int, list[int]] = field(default_factory=dict)
+    compiled: dict[tuple[Any, ...], Any] = field(default_factory=dict)
+
+    def plan(self, leaf: int) -> list[int]:
+        if leaf not in self.plans:
+            self.plans[leaf] = needed_equations(self.jaxpr, [leaf])
+        return self.plans[leaf]
+
+
+class JaxGradientProvider:
+    """Gradient maps of a JAX function or Flax module, by ``jax.vjp`` on a linearized jaxpr.
+
+    Args:
+        model: a function ``f(x)`` of a channels-last batch ``(N, *spatial, C)``; a Flax
+            NNX module; or a Flax Linen ``(module, variables)`` pair.
+        input_shape: ``(*spatial, C)`` of one sample (channels last); spatial sizes may
+            be None.
+        output: None (the model's output), a name (module path such as
+            ``"backbone/conv3"``, a sown name, or a key/index path of a pytree output),
+            or a list of names.
+        dtype: ``"float64"`` (default) or ``"float32"``.
+        linearize: see :func:`rfest.compute`.
+        call_kwargs: keyword arguments passed on every call of the model
+            (e.g. ``{"train": False}``).
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> kernel = jnp.ones((3, 3, 1, 4))
+        >>> def net(x):
+        ...     y = jax.lax.conv_general_dilated(
+        ...         x, kernel, (2, 2), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        ...     return jax.nn.relu(y)
+        >>> p = JaxGradientProvider(net, input_shape=(9, 9, 1))
+        >>> p.output_shapes((9, 9))
+        {'output': (4, 4)}
+        >>> maps = p.gradient_maps((9, 9), "output", [(0, 0)])
+        >>> (maps[0, :4, :4] > 0).astype(int)  # unit (0, 0) sees a 3x3 window
+        array([[1, 1, 1, 0],
+               [1, 1, 1, 0],
+               [1, 1, 1, 0],
+               [0, 0, 0, 0]])
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        input_shape: Sequence[int | None] | None = None,
+        output: str | Sequence[str] | None = None,
+        dtype: str = "float64",
+        linearize: bool = True,
+        call_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        if dtype not in _DTYPES:
+            raise InputShapeError(f"dtype={dtype!r} is not supported; use one of {_DTYPES}")
+        self._dtype_name = dtype
+        self._linearize = linearize
+        self._spatial, self._channels = _split_input_shape(input_shape)
+        self._model: Model = as_model(model, dict(call_kwargs or {}))
+        self._requested = _requested_names(output)
+        self._traces: dict[tuple[int, ...], _Trace] = {}
+        self._lock = threading.RLock()
+        self._params: list[Any] | None = None
+        if self._requested != (MODEL_OUTPUT,):
+            self._check_names(self._requested)
+
+    @property
+    def spatial_shape(self) -> tuple[int | None, ...]:
+        return self._spatial
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return self._requested
+
+    def layer_names(self) -> tuple[str, ...]:
+        """Every name ``output=`` accepts, modules first in definition or call order."""
+        names = self._listing().names
+        ordered = [p for p in self._model.module_paths if p in names]
+        rest = [n for n in names if n != MODEL_OUTPUT and n not in ordered]
+        return (*ordered, *rest)
+
+    def output_shapes(self, spatial_shape: tuple[int, ...]) -> Mapping[str, tuple[int, ...]]:
+        trace = self._trace((1, *spatial_shape))
+        return {name: self._spatial_of(trace, name, len(spatial_shape)) for name in self._requested}
+
+    def gradient_maps(
+        self,
+        spatial_shape: tuple[int, ...],
+        output_name: str,
+        units: Sequence[tuple[int, ...]],
+    ) -> np.ndarray:
+        spatial_shape = tuple(spatial_shape)
+        trace = self._trace((1, *spatial_shape))
+        n_spatial = len(self._spatial_of(trace, output_name, len(spatial_shape)))
+        cotangents = np.zeros((len(units), *trace.shapes[output_name]), dtype=self._dtype_name)
+        for k, unit in enumerate(units):
+            cotangents[(k, 0, *unit[:n_spatial])] = 1
+        with self._precision():
+            x = self._probe_input((1, *spatial_shape, self._channels))
+            maps = self._compiled(trace, output_name, x, cotangents)
+            result = maps(self._param_leaves(), x, jnp.asarray(cotangents))
+            return np.asarray(result, dtype=np.float64)
+
+    def _compiled(self, trace: _Trace, name: str, x: Any, cotangents: np.ndarray) -> Any:
+        """``maps(params, x, cotangents)``, compiled once per input shape, output and batch."""
+        key = (name, tuple(x.shape), cotangents.shape[0])
+        with self._lock:
+            if key in trace.compiled:
+                return trace.compiled[key]
+
+            def maps(params: list[Any], x: Any, cotangents: Any) -> Any:
+                _, pullback = jax.vjp(lambda x: self._forward(trace, name, x, params), x)
+                (grads,) = jax.vmap(pullback)(cotangents)
+                return jnp.abs(grads).sum(axis=-1)[:, 0]
+
+            # No compiler_options here: xla_backend_optimization_level=1 halves compile time
+            # but the whole suite (TensorFlow in the same process) then aborts.
+            lowered = jax.jit(maps).lower(self._param_leaves(), x, jnp.asarray(cotangents))
+            compiled = lowered.compile()
+            trace.compiled[key] = compiled
+            return compiled
+
+    def input_gradients(
+        self, inputs: np.ndarray, output_name: str, unit: tuple[int, ...]
+    ) -> np.ndarray:
+        """Signed gradient of ``output[unit]`` (channels summed) per sample, ``(N, C, *spatial)``.
+
+        ``inputs`` is a channels-last batch ``(N, *spatial, C)``.
+        """
+        inputs = np.asarray(inputs)
+        if inputs.ndim != len(self._spatial) + 2 or inputs.shape[-1] != self._channels:
+            raise InputShapeError(
+                f"inputs of shape {inputs.shape} do not match input_shape "
+                f"{(*self._spatial, self._channels)}; pass a channels-last batch (N, *spatial, C)"
+            )
+        trace = self._trace(tuple(int(s) for s in inputs.shape[:-1]))
+        n_spatial = len(self._spatial_of(trace, output_name, inputs.ndim - 2))
+        with self._precision():
+            x = jnp.asarray(inputs, dtype=self._dtype_name)
+            y, pullback = jax.vjp(lambda x: self._forward(trace, output_name, x), x)
+            cotangent = np.zeros(y.shape, dtype=self._dtype_name)
+            index: tuple[Any, ...] = (slice(None), *unit[:n_spatial])
+            cotangent[index] = 1
+            (grad,) = pullback(jnp.asarray(cotangent))
+            grad = np.asarray(grad, dtype=np.float64)
+        return np.moveaxis(grad, -1, 1)
+
+    def _forward(self, trace: _Trace, name: str, x: Any, params: list[Any] | None = None) -> Any:
+        leaf = trace.leaves[name]
+        assert leaf is not None
+        params = self._param_leaves() if params is None else params
+        args = [Value(p) for p in params] + [Value(x, live=True)]
+        (y,) = evaluate(
+            trace.jaxpr,
+            trace.consts,
+            args,
+            linearize=self._linearize,
+            dtype=self._dtype_name,
+            outputs=[leaf],
+            equations=trace.plan(leaf),
+        )
+        return y.array
+
+    def _param_leaves(self) -> list[Any]:
+        with self._lock:
+            if self._params is None:
+                model = self._model
+                params = model.linearized_params if self._linearize else model.params
+                self._params = [self._cast(p) for p in jax.tree.leaves(params)]
+            return self._params
+
+    def _cast(self, leaf: Any) -> Any:
+        dtype = getattr(leaf, "dtype", None)
+        if dtype is not None and jnp.issubdtype(dtype, jnp.floating):
+            return jnp.asarray(leaf, dtype=self._dtype_name)
+        return leaf
+
+    def _probe_input(self, shape: tuple[int, ...]) -> Any:
+        if self._linearize:
+            return jnp.ones(shape, dtype=self._dtype_name)
+        values = 0.5 + np.random.default_rng(0).random(shape)
+        return jnp.asarray(values, dtype=self._dtype_name)
+
+    def _precision(self) -> Any:
+        return jax.enable_x64(True) if self._dtype_name == "float64" else nullcontext()
+
+    def _trace(self, shape: tuple[int, ...]) -> _Trace:
+        with self._lock:
+            if shape not in self._traces:
+                self._traces[shape] = self._make_trace(shape)
+            return self._traces[shape]
+
+    def _make_trace(self, shape: tuple[int, ...]) -> _Trace:
+        names: list[str] = []
+        counts: list[int] = []
+
+        def flat(params: Any, x: Any) -> list[Any]:
+            named = self._model.run(params, x)
+            names[:] = list(named)
+            values = list(named.values())
+            counts[:] = [len(jax.tree.leaves(v)) for v in values]
+            return values
+
+        # Traced in the user's own configuration (lax needs matching dtypes, and the
+        # user's weights are float32 unless x64 is on); evaluation promotes to the dtype.
+        with _model_errors(shape, self._channels):
+            spec = jax.ShapeDtypeStruct(  # type: ignore[no-untyped-call]
+                (*shape, self._channels), _default_float()
+            )
+            closed, out_shapes = jax.make_jaxpr(flat, return_shape=True)(self._model.params, spec)
+        leaves: dict[str, int | None] = {}
+        shapes: dict[str, tuple[int, ...]] = {}
+        start = 0
+        for name, count, value in zip(names, counts, out_shapes, strict=True):
+            single = count == 1 and hasattr(value, "shape")
+            leaves[name] = start if single else None
+            if single:
+                shapes[name] = tuple(int(s) for s in value.shape)
+            start += count
+        return _Trace(closed.jaxpr, list(closed.consts), tuple(names), leaves, shapes)
+
+    def _listing(self) -> _Trace:
+        spatial = tuple(_LISTING_SIZE if s is None else s for s in self._spatial)
+        return self._trace((1, *spatial))
+
+    def _check_names(self, requested: Sequence[str]) -> None:
+        names = self._listing().names
+        for name in requested:
+            if name not in names:
+                close = difflib.get_close_matches(name, names, n=3)
+                hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+                examples = ", ".join(repr(n) for n in names[1:5]) or "none"
+                raise OutputNotFoundError(
+                    f"the model has no output named {name!r}.{hint} Names are module paths "
+                    f"joined with '/' (Flax), sown names, or key/index paths of a pytree "
+                    f"output; this model has e.g. {examples}"
+                )
+
+    def _spatial_of(self, trace: _Trace, name: str, spatial_axes: int) -> tuple[int, ...]:
+        if trace.leaves.get(name) is None:
+            if name == MODEL_OUTPUT:
+                raise OutputNotFoundError(
+                    "the model returns a pytree, not an array; name the value you want "
+                    "with output=..., e.g. one of "
+                    f"{', '.join(repr(n) for n in trace.names[1:5])}"
+                )
+            raise OutputNotFoundError(
+                f"output {name!r} is not a single array (a module returning a tuple?); "
+                f"choose one of its submodules or leaves"
+            )
+        shape = trace.shapes[name]
+        if len(shape) == spatial_axes + 2:
+            return shape[1:-1]
+        if len(shape) == 2:
+            return ()
+        raise RFEstError(
+            f"output {name!r} has shape {shape}; expected (batch, *spatial, channels) with "
+            f"{spatial_axes} spatial axes like the input, or (batch, features)"
+        )
+
+
+def _default_float() -> Any:
+    return jax.dtypes.canonicalize_dtype(jnp.float64)
+
+
+@contextmanager
+def _model_errors(shape: tuple[int, ...], channels: int) -> Iterator[None]:
+    try:
+        yield
+    except RFEstError:
+        raise
+    except Exception as exc:
+        raise ModelCallError(
+            f"the model raised {type(exc).__name__} on an input of shape "
+            f"{(*shape, channels)} (batch, *spatial, channels): {exc}. Check that "
+            f"input_shape=(*spatial, C) matches what the model takes (channels last)"
+        ) from exc
+
+
+def _requested_names(output: str | Sequence[str] | None) -> tuple[str, ...]:
+    if output is None:
+        return (MODEL_OUTPUT,)
+    names = [output] if isinstance(output, str) else list(output)
+    if not names or not all(isinstance(n, str) for n in names):
+        raise OutputNotFoundError(f"output={output!r}: expected None, a name, or a list of names")
+    return tuple(names)
+
+
+def _split_input_shape(
+    input_shape: Sequence[int | None] | None,
+) -> tuple[tuple[int | None, ...], int]:
+    if input_shape is None:
+        raise InputShapeError(
+            "a JAX function or Flax module does not declare its input size: pass "
+            "input_shape=(*spatial, C), channels last, e.g. (224, 224, 3); spatial sizes "
+            "may be None to let rfest choose"
+        )
+    shape = tuple(input_shape)
+    if not 2 <= len(shape) <= 4:
+        raise InputShapeError(
+            f"input_shape={shape} has {len(shape)} axes; expected (*spatial, C) with 1 to 3 "
+            f"spatial axes, channels last, without the batch axis, e.g. (224, 224, 3)"
+        )
+    channels = shape[-1]
+    if isinstance(channels, bool) or not isinstance(channels, (int, np.integer)) or channels < 1:
+        raise InputShapeError(
+            f"input_shape={shape}: the channel count {channels!r} must be a positive int "
+            f"(JAX/Flax layout is (*spatial, C), channels last)"
+        )
+    return shape[:-1], int(channels)
