@@ -276,7 +276,129 @@ CORE_CASES = [
     ),
 ]
 
-CASES = CORE_CASES + (_torch_cases() if HAS_TORCH else [])
+
+def _keras_cases() -> list[Case]:
+    import keras
+    from keras import layers as L
+
+    a, b = keras.Input((16, 16, 3), name="a"), keras.Input((16, 16, 3), name="b")
+    two = keras.Model([a, b], L.Add()([L.Conv2D(2, 3)(a), L.Conv2D(2, 3)(b)]))
+    net = keras.Sequential([keras.Input((32, 32, 3)), L.Conv2D(2, 3, name="conv")])
+
+    class FixedSize(keras.Model):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = L.Conv2D(2, 3, name="conv")
+            self.flat = L.Flatten()
+            self.dense = L.Dense(2)
+
+        def call(self, x: object) -> object:
+            return self.dense(self.flat(self.conv(x)))
+
+    fixed = FixedSize()
+    fixed(keras.ops.ones((1, 12, 12, 1)))
+    return [
+        Case(
+            "keras: multi-input model without input=",
+            lambda: rfest.compute(two),
+            rfest.InputShapeError,
+            ("2 inputs", "input='...'"),
+        ),
+        Case(
+            "keras: input= names no input",
+            lambda: rfest.compute(two, input="c"),
+            rfest.InputShapeError,
+            ("input='c'", "['a', 'b']"),
+        ),
+        Case(
+            "keras: unknown layer name",
+            lambda: rfest.compute(net, output="conf"),
+            rfest.OutputNotFoundError,
+            ("no layer named 'conf'", "Did you mean 'conv'"),
+        ),
+        Case(
+            "keras: channel count against the declared input",
+            lambda: rfest.compute(net, (32, 32, 4)),
+            rfest.InputShapeError,
+            ("does not match", "channels last"),
+        ),
+        Case(
+            "keras: channels-first shape",
+            lambda: rfest.compute(net, (3, 32, 32)),
+            rfest.InputShapeError,
+            ("(3, 32, 32)", "declared input (32, 32, 3)"),
+        ),
+        Case(
+            "keras: unknown option",
+            lambda: rfest.compute(net, inptu=1),
+            rfest.OptionError,
+            ("'keras' backend does not take", "inptu"),
+        ),
+        Case(
+            "keras: fixed-size subclassed model that cannot be rebuilt",
+            lambda: rfest.compute(fixed, (12, 12, 1), backend="keras", output="conv"),
+            rfest.ModelCallError,
+            ("build function",),
+        ),
+    ]
+
+
+def _jax_cases() -> list[Case]:
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x: jax.Array) -> jax.Array:
+            return nn.Conv(2, (3, 3))(x)
+
+    module = Net()
+    variables = module.init(jax.random.PRNGKey(0), jnp.ones((1, 8, 8, 1)))
+    return [
+        Case(
+            "jax: Linen module without its variables",
+            lambda: rfest.compute(module, (8, 8, 1)),
+            rfest.UnrecognizedModelError,
+            ("holds no weights", "(module, variables)"),
+        ),
+        Case(
+            "jax: unknown output",
+            lambda: rfest.compute((module, variables), (8, 8, 1), output="Conv_9"),
+            rfest.OutputNotFoundError,
+            ("no output named 'Conv_9'", "Did you mean 'Conv_0'"),
+        ),
+        Case(
+            "jax: channels-first shape",
+            lambda: rfest.compute((module, variables), (1, 8, 8)),
+            rfest.ModelCallError,
+            ("(batch, *spatial, channels)",),
+        ),
+        Case(
+            "jax: unknown option",
+            lambda: rfest.compute((module, variables), (8, 8, 1), inptu=1),
+            rfest.OptionError,
+            ("'jax' backend does not take", "inptu"),
+        ),
+        Case(
+            "jax: plain function without backend=",
+            lambda: rfest.compute(jnp.tanh, (8, 8, 1)),
+            rfest.UnrecognizedModelError,
+            ("plain callable", "backend="),
+        ),
+    ]
+
+
+def _has(*modules: str) -> bool:
+    return all(importlib.util.find_spec(m) is not None for m in modules)
+
+
+CASES = (
+    CORE_CASES
+    + (_torch_cases() if HAS_TORCH else [])
+    + (_keras_cases() if _has("keras", "rfest_keras") else [])
+    + (_jax_cases() if _has("jax", "flax", "rfest_jax") else [])
+)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])

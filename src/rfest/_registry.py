@@ -21,6 +21,7 @@ from typing import Any
 from rfest._errors import (
     BackendLoadError,
     BackendNotInstalledError,
+    OptionError,
     RFEstError,
     UnknownBackendError,
     UnrecognizedModelError,
@@ -135,7 +136,17 @@ def load_backend(name: str) -> ProviderFactory:
 
 def make_provider(name: str, model: Any, **options: Any) -> GradientProvider:
     """Build backend ``name``'s provider for ``model`` and check it keeps the protocol."""
-    provider: object = load_backend(name)(model, **options)
+    factory = load_backend(name)
+    try:
+        provider: object = factory(model, **options)
+    except TypeError as exc:
+        if "unexpected keyword argument" not in str(exc):
+            raise
+        raise OptionError(
+            f"the {name!r} backend does not take that option ({exc}); rfest.compute takes "
+            f"input_shape, backend, output, dtype, linearize, max_input_size, and passes "
+            f"other keywords to the backend: see its documentation for the ones it knows"
+        ) from exc
     if not isinstance(provider, GradientProvider):
         missing = [
             member
