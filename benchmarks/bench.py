@@ -1,0 +1,212 @@
+"""Speed and memory of rfest against one forward+backward pass of the same model.
+
+Run ``python benchmarks/bench.py`` (or ``nox -s bench``). Each case runs in its own
+process so peak resident memory is its own; times are medians of repeated runs after a
+warm-up, measured in that process. Prints a table, and checks every answer is exact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def _median_time(function: Callable[[], Any], repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _torch_pass(model: Any, shape: tuple[int, ...]) -> Callable[[], None]:
+    import torch
+
+    def run() -> None:
+        x = torch.ones((1, *shape), requires_grad=True)
+        model(x).sum().backward()
+        model.zero_grad(set_to_none=True)
+
+    return run
+
+
+def case_resnet50_torch(repeat: int) -> dict[str, Any]:
+    import torch
+
+    import rfest
+    from torch_models import ResNet50
+
+    torch.manual_seed(0)
+    model = ResNet50().eval()
+    trunk = torch.nn.Sequential(
+        model.conv1,
+        model.bn1,
+        model.relu,
+        model.maxpool,
+        model.layer1,
+        model.layer2,
+        model.layer3,
+        model.layer4,
+    )
+    baseline = _torch_pass(trunk, (3, 224, 224))
+    baseline()
+    base = _median_time(baseline, repeat)
+
+    def square() -> None:  # what a user would otherwise do: centre unit of a 512² input
+        x = torch.ones((1, 3, 512, 512), requires_grad=True)
+        y = trunk(x)
+        y[0, :, y.shape[2] // 2, y.shape[3] // 2].sum().backward()
+
+    square()
+    square_time = _median_time(square, repeat)
+    results = {}
+    for dtype in ("float64", "float32"):
+        rf = rfest.compute(model, (3, 224, 224), output="layer4", dtype=dtype)
+        results[dtype] = _median_time(
+            lambda dtype=dtype: rfest.compute(model, (3, 224, 224), output="layer4", dtype=dtype),
+            repeat,
+        )
+        assert (rf.size, rf.stride, rf.padding) == ((427,) * 2, (32,) * 2, (213,) * 2), rf
+    return {
+        "case": "ResNet-50 (torch, torchvision layout) 3x224x224 layer4 -> 427/32/213",
+        "baseline_s": base,
+        "rfest_s": results["float64"],
+        "rfest_f32_s": results["float32"],
+        "square_512_s": square_time,
+    }
+
+
+def case_resnet50_all_blocks(repeat: int) -> dict[str, Any]:
+    import torch
+
+    import rfest
+    from torch_models import ResNet50
+
+    torch.manual_seed(0)
+    model = ResNet50().eval()
+    names = [
+        f"layer{s}.{b}" for s, n in zip(range(1, 5), (3, 4, 6, 3), strict=True) for b in range(n)
+    ]
+    baseline = _torch_pass(
+        torch.nn.Sequential(
+            model.conv1,
+            model.bn1,
+            model.relu,
+            model.maxpool,
+            model.layer1,
+            model.layer2,
+            model.layer3,
+            model.layer4,
+        ),
+        (3, 224, 224),
+    )
+    baseline()
+    base = _median_time(baseline, repeat)
+    rfs = rfest.compute(model, (3, 224, 224), output=names)
+    # Worked by hand: the stem and max pool give 11 at jump 4; every 3x3 adds 2 * jump at
+    # its input, and the first 3x3 of stages 2-4 then doubles the jump.
+    expected, size, jump = [], 11, 4
+    for stage, blocks in enumerate((3, 4, 6, 3)):
+        for block in range(blocks):
+            size += 2 * jump
+            if stage > 0 and block == 0:
+                jump *= 2
+            expected.append(size)
+    measured = [rfs[n].size[0] for n in names]
+    timed = _median_time(lambda: rfest.compute(model, (3, 224, 224), output=names), repeat)
+    assert measured == expected, (measured, expected)
+    return {
+        "case": "ResNet-50 (torch): all 16 bottleneck outputs in one call",
+        "baseline_s": base,
+        "rfest_s": timed,
+        "sizes": measured,
+    }
+
+
+def case_conv3d_torch(repeat: int) -> dict[str, Any]:
+    import torch
+    from torch import nn
+
+    import rfest
+
+    torch.manual_seed(0)
+    layers: list[nn.Module] = [nn.Conv3d(1, 16, 3, padding=1)]
+    for _ in range(3):
+        layers += [
+            nn.Conv3d(16, 16, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv3d(16, 16, 3, padding=1),
+        ]
+    model = nn.Sequential(*layers)
+    # r: 3; per stage k3/2 at jump j adds 2j, k3 at 2j adds 4j: j=1 -> 3+2+4=9, j=2 -> 9+4+8=21,
+    # j=4 -> 21+8+16=45; stride 8, padding 22.
+    baseline = _torch_pass(model, (1, 64, 64, 64))
+    baseline()
+    base = _median_time(baseline, repeat)
+    rf = rfest.compute(model, (1, 64, 64, 64))
+    assert (rf.size, rf.stride, rf.padding) == ((45,) * 3, (8,) * 3, (22,) * 3), rf
+    timed = _median_time(lambda: rfest.compute(model, (1, 64, 64, 64)), repeat)
+    return {
+        "case": "3-D conv net (torch) 1x64x64x64 -> 45/8/22",
+        "baseline_s": base,
+        "rfest_s": timed,
+    }
+
+
+CASES: dict[str, Callable[[int], dict[str, Any]]] = {
+    "resnet50": case_resnet50_torch,
+    "resnet50-blocks": case_resnet50_all_blocks,
+    "conv3d": case_conv3d_torch,
+}
+
+
+def _child(name: str, repeat: int) -> None:
+    result = CASES[name](repeat)
+    result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(json.dumps(result))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("cases", nargs="*", default=list(CASES), help=f"any of {list(CASES)}")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        _child(args.child, args.repeat)
+        return
+    print(f"{'case':70} {'rfest s':>8} {'1 f+b s':>8} {'ratio':>6} {'peak GiB':>8}")
+    for name in args.cases:
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", name, "--repeat", str(args.repeat)],
+            capture_output=True,
+            text=True,
+            env=os.environ | {"PYTHONWARNINGS": "ignore"},
+        )
+        if out.returncode != 0:
+            print(f"{name}: FAILED\n{out.stderr[-2000:]}")
+            continue
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        ratio = r["rfest_s"] / r["baseline_s"]
+        times = f"{r['rfest_s']:8.2f} {r['baseline_s']:8.2f} {ratio:6.1f}"
+        print(f"{r['case']:70} {times} {r['peak_rss_gib']:8.2f}")
+        for key in ("rfest_f32_s", "square_512_s"):
+            if key in r:
+                print(f"{'  ' + key:70} {r[key]:8.2f} {'':8} {r[key] / r['baseline_s']:6.1f}")
+
+
+if __name__ == "__main__":
+    main()
