@@ -48,6 +48,13 @@ def tests_jax(session: nox.Session) -> None:
 
 
 @nox.session
+def bench(session: nox.Session) -> None:
+    """Speed and memory against one forward+backward pass (benchmarks/bench.py)."""
+    session.install(*CONSTRAINTS, "-e", ".[all]", "--group", "test", "--group", "tensorflow")
+    session.run("python", "benchmarks/bench.py", *session.posargs)
+
+
+@nox.session
 def docs(session: nox.Session) -> None:
     """The documentation site, warnings as errors; regenerate the gallery with posargs 'gallery'."""
     session.install(*CONSTRAINTS, "-e", ".[torch,plot]", "--group", "docs")
