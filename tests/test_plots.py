@@ -10,7 +10,6 @@ centred at k, so a box over pixels ``a .. b`` runs from ``a - 0.5`` to ``b + 0.5
 from __future__ import annotations
 
 import io
-from collections import OrderedDict
 
 import numpy as np
 import pytest
@@ -31,30 +30,13 @@ from rfest._plots import (  # noqa: E402
     plot_rf_growth,
 )
 from rfest._report import LayerRecord  # noqa: E402
+from rfest_torch.examples import receptivefield_readme_net  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def narrow_readme_net() -> nn.Sequential:
-    """The README network with 2 channels per layer: same geometry, a fraction of the cost."""
-    c = 2
-    return nn.Sequential(
-        OrderedDict(
-            conv1=nn.Conv2d(3, c, 5),
-            relu1=nn.ReLU(),
-            conv2=nn.Conv2d(c, c, 3),
-            relu2=nn.ReLU(),
-            pool1=nn.MaxPool2d(2),
-            conv3=nn.Conv2d(c, c, 3),
-            relu3=nn.ReLU(),
-            conv4=nn.Conv2d(c, c, 3),
-            relu4=nn.ReLU(),
-            pool2=nn.MaxPool2d(2),
-            conv5=nn.Conv2d(c, c, 3),
-            relu5=nn.ReLU(),
-            feature_grid=nn.Conv2d(c, c, 3),
-        )
-    )
+    return receptivefield_readme_net(width=2)
 
 
 def render(fig: object) -> bytes:

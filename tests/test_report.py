@@ -7,7 +7,6 @@ Pointwise modules (ReLU) have the field of their input.
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
 
 import pytest
 
@@ -17,30 +16,13 @@ from torch import Tensor, nn  # noqa: E402
 
 import rfest  # noqa: E402
 from rfest._report import LayerRecord, LayerReport, report  # noqa: E402
+from rfest_torch.examples import receptivefield_readme_net  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
 
 def narrow_readme_net() -> nn.Sequential:
-    """The receptivefield README network, 2 channels per layer (geometry unchanged)."""
-    c = 2
-    return nn.Sequential(
-        OrderedDict(
-            conv1=nn.Conv2d(3, c, 5),
-            relu1=nn.ReLU(),
-            conv2=nn.Conv2d(c, c, 3),
-            relu2=nn.ReLU(),
-            pool1=nn.MaxPool2d(2),
-            conv3=nn.Conv2d(c, c, 3),
-            relu3=nn.ReLU(),
-            conv4=nn.Conv2d(c, c, 3),
-            relu4=nn.ReLU(),
-            pool2=nn.MaxPool2d(2),
-            conv5=nn.Conv2d(c, c, 3),
-            relu5=nn.ReLU(),
-            feature_grid=nn.Conv2d(c, c, 3),
-        )
-    )
+    return receptivefield_readme_net(width=2)
 
 
 @pytest.fixture(scope="module")

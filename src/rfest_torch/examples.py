@@ -16,23 +16,28 @@ from torch import nn
 __all__ = ["receptivefield_readme_net"]
 
 
-def receptivefield_readme_net(in_channels: int = 3) -> nn.Sequential:
-    """The ``receptivefield`` README network; its last layer is named ``feature_grid``."""
+def receptivefield_readme_net(in_channels: int = 3, width: int | None = None) -> nn.Sequential:
+    """The ``receptivefield`` README network; its last layer is named ``feature_grid``.
+
+    ``width`` sets every layer's channel count (the README uses 32, 64 and 128): the
+    geometry does not depend on it, small widths just run faster.
+    """
+    a, b, c = (32, 64, 128) if width is None else (width,) * 3
     return nn.Sequential(
         OrderedDict(
-            conv1=nn.Conv2d(in_channels, 32, 5),
+            conv1=nn.Conv2d(in_channels, a, 5),
             relu1=nn.ReLU(),
-            conv2=nn.Conv2d(32, 32, 3),
+            conv2=nn.Conv2d(a, a, 3),
             relu2=nn.ReLU(),
             pool1=nn.MaxPool2d(2),
-            conv3=nn.Conv2d(32, 64, 3),
+            conv3=nn.Conv2d(a, b, 3),
             relu3=nn.ReLU(),
-            conv4=nn.Conv2d(64, 64, 3),
+            conv4=nn.Conv2d(b, b, 3),
             relu4=nn.ReLU(),
             pool2=nn.MaxPool2d(2),
-            conv5=nn.Conv2d(64, 128, 3),
+            conv5=nn.Conv2d(b, c, 3),
             relu5=nn.ReLU(),
-            feature_grid=nn.Conv2d(128, 128, 3),
+            feature_grid=nn.Conv2d(c, c, 3),
         )
     )
 
