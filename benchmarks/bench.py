@@ -43,6 +43,16 @@ def _torch_pass(model: Any, shape: tuple[int, ...]) -> Callable[[], None]:
     return run
 
 
+def _resnet50_trunk(model: Any) -> Any:
+    """ResNet-50 up to layer4: the part of the pass rfest measures (no pooling, no head)."""
+    import torch
+
+    return torch.nn.Sequential(
+        model.conv1, model.bn1, model.relu, model.maxpool,
+        model.layer1, model.layer2, model.layer3, model.layer4,
+    )  # fmt: skip
+
+
 def case_resnet50_torch(repeat: int) -> dict[str, Any]:
     import torch
 
@@ -51,16 +61,7 @@ def case_resnet50_torch(repeat: int) -> dict[str, Any]:
 
     torch.manual_seed(0)
     model = ResNet50().eval()
-    trunk = torch.nn.Sequential(
-        model.conv1,
-        model.bn1,
-        model.relu,
-        model.maxpool,
-        model.layer1,
-        model.layer2,
-        model.layer3,
-        model.layer4,
-    )
+    trunk = _resnet50_trunk(model)
     baseline = _torch_pass(trunk, (3, 224, 224))
     baseline()
     base = _median_time(baseline, repeat)
@@ -100,19 +101,7 @@ def case_resnet50_all_blocks(repeat: int) -> dict[str, Any]:
     names = [
         f"layer{s}.{b}" for s, n in zip(range(1, 5), (3, 4, 6, 3), strict=True) for b in range(n)
     ]
-    baseline = _torch_pass(
-        torch.nn.Sequential(
-            model.conv1,
-            model.bn1,
-            model.relu,
-            model.maxpool,
-            model.layer1,
-            model.layer2,
-            model.layer3,
-            model.layer4,
-        ),
-        (3, 224, 224),
-    )
+    baseline = _torch_pass(_resnet50_trunk(model), (3, 224, 224))
     baseline()
     base = _median_time(baseline, repeat)
     rfs = rfest.compute(model, (3, 224, 224), output=names)

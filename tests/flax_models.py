@@ -195,3 +195,16 @@ def readme_function() -> Callable[[Array], Array]:
         return conv(jax.nn.relu(conv(x, kernels[4])), kernels[5])
 
     return net
+
+
+class NNXConvBatchNormDropout(nnx.Module):
+    """k3 p1, BatchNorm, ReLU, Dropout, k3 p1: 5 / 1 / 2; carries batch stats and RNG state."""
+
+    def __init__(self, *, rngs: nnx.Rngs) -> None:
+        self.a = nnx.Conv(1, 4, (3, 3), padding=1, rngs=rngs)
+        self.bn = nnx.BatchNorm(4, rngs=rngs)
+        self.drop = nnx.Dropout(0.5, rngs=rngs)
+        self.b = nnx.Conv(4, 4, (3, 3), padding=1, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.b(self.drop(nnx.relu(self.bn(self.a(x)))))

@@ -19,6 +19,7 @@ from flax import nnx  # noqa: E402
 import rfest  # noqa: E402
 import rfest_jax  # noqa: E402
 from flax_models import (  # noqa: E402
+    NNXConvBatchNormDropout,
     ReadmeNetLinen,
     ReadmeNetNNX,
     ResNet50,
@@ -184,19 +185,8 @@ def test_normalisation_acts_as_identity(norm: str) -> None:
     assert geometry(rf) == ((5, 5), (1, 1), (2, 2))
 
 
-class NNXTrainMode(nnx.Module):
-    def __init__(self, *, rngs: nnx.Rngs) -> None:
-        self.a = nnx.Conv(1, 4, (3, 3), padding=1, rngs=rngs)
-        self.bn = nnx.BatchNorm(4, rngs=rngs)
-        self.drop = nnx.Dropout(0.5, rngs=rngs)
-        self.b = nnx.Conv(4, 4, (3, 3), padding=1, rngs=rngs)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.b(self.drop(nnx.relu(self.bn(self.a(x)))))
-
-
 def test_nnx_module_in_train_mode_with_batch_norm_and_dropout() -> None:
-    rf = rfest.compute(nnx_model(NNXTrainMode), (20, 20, 1))
+    rf = rfest.compute(nnx_model(NNXConvBatchNormDropout), (20, 20, 1))
     assert geometry(rf) == ((5, 5), (1, 1), (2, 2))
 
 

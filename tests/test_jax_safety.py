@@ -16,7 +16,13 @@ from flax import nnx  # noqa: E402
 
 import rfest  # noqa: E402
 import rfest_jax  # noqa: E402
-from flax_models import conv, linen_pair, nnx_model, random_kernel  # noqa: E402
+from flax_models import (  # noqa: E402
+    NNXConvBatchNormDropout,
+    conv,
+    linen_pair,
+    nnx_model,
+    random_kernel,
+)
 
 pytestmark = pytest.mark.jax
 
@@ -34,17 +40,6 @@ class LinenNet(nn.Module):
         x = nn.relu(nn.BatchNorm(use_running_average=False, name="bn")(x))
         x = nn.Dropout(0.5, deterministic=False)(x)
         return nn.Conv(4, (3, 3), padding=1, name="b")(x)
-
-
-class NNXNet(nnx.Module):
-    def __init__(self, *, rngs: nnx.Rngs) -> None:
-        self.a = nnx.Conv(1, 4, (3, 3), padding=1, rngs=rngs)
-        self.bn = nnx.BatchNorm(4, rngs=rngs)
-        self.drop = nnx.Dropout(0.5, rngs=rngs)
-        self.b = nnx.Conv(4, 4, (3, 3), padding=1, rngs=rngs)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.b(self.drop(nnx.relu(self.bn(self.a(x)))))
 
 
 def leaves(tree: Any) -> list[tuple[str, np.ndarray, Any]]:
@@ -81,7 +76,7 @@ def test_linen_variables_bit_identical_and_x64_flag_kept() -> None:
 
 
 def test_nnx_module_state_bit_identical_including_rng_counts() -> None:
-    model = nnx_model(NNXNet)
+    model = nnx_model(NNXConvBatchNormDropout)
     before = leaves(nnx.state(model))
     graph_before = nnx.graphdef(model)
     assert rfest.compute(model, (16, 16, 1)).size == (5, 5)
