@@ -155,10 +155,80 @@ def case_conv3d_torch(repeat: int) -> dict[str, Any]:
     }
 
 
+def _keras_case(
+    build: Callable[[], Any],
+    output: str,
+    shape: tuple[int, int, int],
+    expected: tuple[int, int, int],
+    repeat: int,
+) -> dict[str, Any]:
+    """rfest on a Keras application against what a user pays to look at the model once:
+    rebuilding it from its config and one eager float32 forward+backward at ``shape``."""
+    import keras
+    import tensorflow as tf
+
+    import rfest
+
+    model = build()
+
+    def look_once() -> tuple[float, float]:
+        start = time.perf_counter()
+        copy = keras.Model.from_config(model.get_config())
+        rebuilt = time.perf_counter()
+        x = tf.ones((1, *shape))
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            total = tf.reduce_sum(copy(x))
+        tape.gradient(total, x)
+        return rebuilt - start, time.perf_counter() - rebuilt
+
+    look_once()
+    looks = [look_once() for _ in range(repeat)]
+    rebuild = statistics.median(t for t, _ in looks)
+    passes = statistics.median(t for _, t in looks)
+    rf = rfest.compute(model, output=output)
+    size, stride, padding = expected
+    assert (rf.size, rf.stride, rf.padding) == ((size,) * 2, (stride,) * 2, (padding,) * 2), rf
+    timed = _median_time(lambda: rfest.compute(model, output=output), repeat)
+    return {
+        "case": f"{model.name} (keras/tensorflow) {shape} {output} -> {size}/{stride}/{padding}",
+        "baseline_s": rebuild + passes,
+        "rfest_s": timed,
+        "rebuild_s": rebuild,
+        "forward_backward_s": passes,
+    }
+
+
+def case_inception_v3_keras(repeat: int) -> dict[str, Any]:
+    import keras
+
+    def build() -> Any:
+        return keras.applications.InceptionV3(weights=None, input_shape=(299, 299, 3))
+
+    # Issue 4 table: Mixed_7c (mixed10) of InceptionV3 at 299: 1311 / 32 / 618.
+    return _keras_case(build, "mixed10", (299, 299, 3), (1311, 32, 618), repeat)
+
+
+def case_densenet121_keras(repeat: int) -> dict[str, Any]:
+    import keras
+
+    def build() -> Any:
+        return keras.applications.DenseNet121(weights=None, input_shape=(224, 224, 3))
+
+    # Worked by hand: stem pad 3 + k7/2 -> r7 j2 p3; pad 1 + max 3/2 -> r11 j4 p5; each
+    # dense layer's 'same' 3x3 at jump j adds 2j to the size and j to the padding, each
+    # transition's 2x2/2 average pool adds j and doubles j: block1 (6 layers, j4) r59 p29,
+    # -> r63 j8; block2 (12) r255 p125 -> r263 j16; block3 (24) r1031 p509 -> r1047 j32;
+    # block4 (16) r2071 p1021.
+    return _keras_case(build, "relu", (224, 224, 3), (2071, 32, 1021), repeat)
+
+
 CASES: dict[str, Callable[[int], dict[str, Any]]] = {
     "resnet50": case_resnet50_torch,
     "resnet50-blocks": case_resnet50_all_blocks,
     "conv3d": case_conv3d_torch,
+    "inception-v3": case_inception_v3_keras,
+    "densenet121": case_densenet121_keras,
 }
 
 
@@ -183,7 +253,12 @@ def main() -> None:
             [sys.executable, __file__, "--child", name, "--repeat", str(args.repeat)],
             capture_output=True,
             text=True,
-            env=os.environ | {"PYTHONWARNINGS": "ignore"},
+            env=os.environ
+            | {
+                "PYTHONWARNINGS": "ignore",
+                "KERAS_BACKEND": "tensorflow",
+                "TF_ENABLE_ONEDNN_OPTS": "0",
+            },
         )
         if out.returncode != 0:
             print(f"{name}: FAILED\n{out.stderr[-2000:]}")
@@ -192,7 +267,7 @@ def main() -> None:
         ratio = r["rfest_s"] / r["baseline_s"]
         times = f"{r['rfest_s']:8.2f} {r['baseline_s']:8.2f} {ratio:6.1f}"
         print(f"{r['case']:70} {times} {r['peak_rss_gib']:8.2f}")
-        for key in ("rfest_f32_s", "square_512_s"):
+        for key in ("rfest_f32_s", "square_512_s", "rebuild_s", "forward_backward_s"):
             if key in r:
                 print(f"{'  ' + key:70} {r[key]:8.2f} {'':8} {r[key] / r['baseline_s']:6.1f}")
 

@@ -106,8 +106,8 @@ def _max_pool_as_average(dims: int, original: Callable[..., Any]) -> _Replacemen
             pad_arg += [p, p + e]
         channels = batch.shape[1]
         weight = torch.full(
-            (channels, 1, *kernel), 1.0 / math.prod(kernel), dtype=batch.dtype, device=batch.device
-        )
+            (), 1.0 / math.prod(kernel), dtype=batch.dtype, device=batch.device
+        ).expand(channels, 1, *kernel)
         out = conv(F.pad(batch, pad_arg), weight, stride=steps, dilation=dilations, groups=channels)
         out = out.squeeze(0) if unbatched else out
         if return_indices:

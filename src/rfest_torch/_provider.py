@@ -13,9 +13,9 @@ import difflib
 import inspect
 import math
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -30,12 +30,15 @@ from rfest import (
     RFEstError,
     UnrecognizedModelError,
 )
+from rfest_torch._collapse import ChannelCollapseMode
 from rfest_torch._linearize import EvalMode, LinearizedMode
 
 __all__ = ["TorchGradientProvider", "provider"]
 
 MODEL_OUTPUT = "output"
 """Name under which the model's own output is reported when ``output=None``."""
+
+_T = TypeVar("_T")
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -66,6 +69,8 @@ class TorchGradientProvider:
         output: None (the model's output), a ``named_modules()`` name, or a list of names.
         dtype: ``"float64"`` or ``"float32"``.
         linearize: see :func:`rfest.compute`.
+        narrow: run the linearized pass on one channel wherever all channels agree (same
+            values, far less work; see :mod:`rfest_torch._collapse`); False keeps widths.
     """
 
     def __init__(
@@ -76,12 +81,13 @@ class TorchGradientProvider:
         output: str | Sequence[str] | None = None,
         dtype: str = "float64",
         linearize: bool = True,
+        narrow: bool = True,
         **unknown: Any,
     ) -> None:
         if unknown:
             raise OptionError(
                 f"unknown option(s) {', '.join(sorted(unknown))} for the torch backend; it "
-                f"takes input_shape, output, dtype, linearize, max_input_size"
+                f"takes input_shape, output, dtype, linearize, narrow, max_input_size"
             )
         if not isinstance(model, nn.Module):
             raise UnrecognizedModelError(
@@ -91,10 +97,16 @@ class TorchGradientProvider:
         _check_single_input(self._model)
         self._dtype = _DTYPES[dtype]
         self._linearize = linearize
+        if not isinstance(narrow, bool):
+            raise OptionError(f"narrow={narrow!r} must be True or False")
+        # Linearized passes run channel-collapsed until the model does something a
+        # collapsed tensor cannot (an in-place write, a view across channels).
+        self._collapse = linearize and narrow
         self._channels, self._spatial = _split_input_shape(input_shape)
         self._modules = self._resolve_outputs(output)
         self._device = _device_of(self._model)
         self._shape_cache: dict[tuple[int, ...], dict[str, tuple[int, ...]]] = {}
+        self._substitute_cache: dict[tuple[str, torch.dtype], dict[str, torch.Tensor]] = {}
         self._local = threading.local()
 
     @property
@@ -129,9 +141,14 @@ class TorchGradientProvider:
         self, shape: tuple[int, ...], device: torch.device | str
     ) -> dict[str, torch.Tensor]:
         """A float32 forward without gradient (on 'meta': shapes only, no compute)."""
-        x = torch.ones(shape, dtype=torch.float32, device=device)
         with torch.no_grad():
-            return self._forward(x, device, dtype=torch.float32)
+            return self._run(
+                lambda x: self._forward(x, device, dtype=torch.float32),
+                shape,
+                torch.float32,
+                device,
+                collapse=device != "meta",
+            )
 
     def gradient_maps(
         self,
@@ -140,20 +157,49 @@ class TorchGradientProvider:
         units: Sequence[tuple[int, ...]],
     ) -> np.ndarray:
         shape = (len(units), self._channels, *spatial_shape)
-        x = self._probe_input(shape).requires_grad_(True)
-        with torch.enable_grad():
-            y = self._forward(x, self._device, only=output_name)[output_name]
-            if not y.requires_grad:
+
+        def maps(x: torch.Tensor) -> np.ndarray:
+            with torch.enable_grad():
+                y = self._forward(x, self._device, only=output_name)[output_name]
+                if not y.requires_grad:
+                    return np.zeros(shape[:1] + shape[2:])
+                cotangent = torch.zeros(y.shape, dtype=y.dtype, device=y.device)
+                for k, unit in enumerate(units):
+                    index: tuple[Any, ...] = (k, slice(None), *unit)
+                    cotangent[index] = 1
+                grads = torch.autograd.grad(y, x, cotangent, allow_unused=True)
+            grad: torch.Tensor | None = grads[0]
+            if grad is None:  # the output requires grad through parameters only
                 return np.zeros(shape[:1] + shape[2:])
-            cotangent = torch.zeros_like(y)
-            for k, unit in enumerate(units):
-                index: tuple[Any, ...] = (k, slice(None), *unit)
-                cotangent[index] = 1
-            grads = torch.autograd.grad(y, x, cotangent, allow_unused=True)
-        grad: torch.Tensor | None = grads[0]
-        if grad is None:  # the output requires grad through parameters only
-            return np.zeros(shape[:1] + shape[2:])
-        return grad.detach().abs().sum(dim=1).to("cpu", torch.float64).numpy()
+            return grad.detach().abs().sum(dim=1).to("cpu", torch.float64).numpy()
+
+        return self._run(maps, shape, self._dtype, self._device, collapse=True, grad=True)
+
+    def _run(
+        self,
+        function: Callable[[torch.Tensor], _T],
+        shape: tuple[int, ...],
+        dtype: torch.dtype,
+        device: torch.device | str,
+        *,
+        collapse: bool,
+        grad: bool = False,
+    ) -> _T:
+        """``function(probe input)``, channel-collapsed while the model allows it.
+
+        The probe input itself keeps its channels: their gradients may differ in sign
+        (a model may subtract one input channel from another), and the maps sum their
+        magnitudes. Any failure of a collapsed pass is retried plainly, and the plain pass
+        has the last word.
+        """
+        if collapse and self._collapse:
+            x = self._probe_input(shape, dtype, device).requires_grad_(grad)
+            try:
+                with ChannelCollapseMode():
+                    return function(x)
+            except ModelCallError:
+                self._collapse = False
+        return function(self._probe_input(shape, dtype, device).requires_grad_(grad))
 
     def input_gradients(
         self, inputs: np.ndarray, output_name: str, unit: tuple[int, ...]
@@ -176,12 +222,14 @@ class TorchGradientProvider:
             return np.zeros(tuple(x.shape))
         return grad.detach().to("cpu", torch.float64).numpy()
 
-    def _probe_input(self, shape: tuple[int, ...]) -> torch.Tensor:
+    def _probe_input(
+        self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str
+    ) -> torch.Tensor:
         if self._linearize:
-            return torch.ones(shape, dtype=self._dtype, device=self._device)
+            return torch.ones(shape, dtype=dtype, device=device)
         generator = torch.Generator().manual_seed(0)
-        values = 0.5 + torch.rand(shape, generator=generator, dtype=self._dtype)
-        return values.to(self._device)
+        values = 0.5 + torch.rand(shape, generator=generator, dtype=dtype)
+        return values.to(device)
 
     def _forward(
         self,
@@ -196,7 +244,10 @@ class TorchGradientProvider:
             stack.enter_context(self._capturing(wanted, captured))
             stack.enter_context(LinearizedMode() if self._linearize else EvalMode())
             try:
-                substitutes = self._substitutes(device, dtype or self._dtype)
+                key = (str(device), dtype or self._dtype)
+                if key not in self._substitute_cache:
+                    self._substitute_cache[key] = self._substitutes(device, dtype or self._dtype)
+                substitutes = self._substitute_cache[key]
                 result = functional_call(self._model, substitutes, (x + 0,))
             except _AllCaptured:
                 return captured
