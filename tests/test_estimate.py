@@ -167,12 +167,13 @@ def test_provider_returning_wrong_shape_is_caught() -> None:
 def test_probes_are_batched_and_thin() -> None:
     provider = FakeProvider([Axis(427, 32, symmetric(213))] * 2, (224, 224))
     measure(provider)
-    # Per axis: two batched calls on an input thin in the other axis, one confirmation.
-    assert len(provider.calls) == 6
+    # Per axis: two batched calls on an input thin in the other axis (224, then 224 + 7 *
+    # 32 = 448 to hold a whole field); then one confirmation grown along both axes.
+    assert len(provider.calls) == 5
     batched = [shape for shape, count in provider.calls if count > 1]
     assert len(batched) == 4 and all(min(shape) == 16 for shape in batched)
     confirmations = [shape for shape, count in provider.calls if count == 1]
-    assert sorted(confirmations) == [(224, 448), (448, 224)]
+    assert confirmations == [(448, 448)]
 
 
 class LosesPathsWhenThin(FakeProvider):
@@ -203,15 +204,30 @@ def test_a_scout_that_hides_gradient_is_overruled(value: float) -> None:
     precise = FakeProvider(axes, (40, 40))
     rf = estimate(precise, "out", scout=scout)
     assert (rf.size, rf.stride, rf.padding) == ((9, 5), (2, 1), (4, 2))
-    if value == 1.0:  # a consistent but wrong scout answer is caught by the confirmation
-        assert sum(count == 1 for _, count in precise.calls) == 2
+    if value == 1.0:  # a consistent but wrong scout answer is caught by the confirmation:
+        # the joint probe, then one probe per axis, then both axes measured in full
+        assert [count for _, count in precise.calls[:3]] == [1, 1, 1]
+        assert sum(count > 1 for _, count in precise.calls) == 2
 
 
-def test_a_right_scout_is_confirmed_with_one_full_probe_per_axis() -> None:
+def test_a_scout_wrong_along_one_axis_costs_a_full_measurement_of_that_axis_only() -> None:
+    from rfest._estimate import estimate
+
+    axes = [Axis(9, 2, symmetric(4)), Axis(5, 1, symmetric(2))]
+    shrunk = [Axis(7, 2, symmetric(3)), Axis(5, 1, symmetric(2))]
+    precise = FakeProvider(axes, (40, 40))
+    rf = estimate(precise, "out", scout=FakeProvider(shrunk, (40, 40)))
+    assert (rf.size, rf.stride, rf.padding) == ((9, 5), (2, 1), (4, 2))
+    # joint probe (axis 0 fails), one probe per axis (axis 1 holds), axis 0 in full
+    assert [count for _, count in precise.calls[:3]] == [1, 1, 1]
+    assert sum(count > 1 for _, count in precise.calls) == 1
+
+
+def test_a_right_scout_is_confirmed_with_one_full_probe() -> None:
     from rfest._estimate import estimate
 
     axes = [Axis(9, 2, symmetric(4)), Axis(5, 1, symmetric(2))]
     precise = FakeProvider(axes, (40, 40))
     rf = estimate(precise, "out", scout=FakeProvider(axes, (40, 40)))
     assert (rf.size, rf.stride, rf.padding) == ((9, 5), (2, 1), (4, 2))
-    assert [count for _, count in precise.calls] == [1, 1]
+    assert [count for _, count in precise.calls] == [1]

@@ -148,46 +148,59 @@ def estimate(
             f"axis; choose an output that keeps the input's spatial axes"
         )
     else:
-        axes = [
-            _measure_axis_thin_first(
-                provider, scout or provider, output_name, base, out_shape, axis, max_input_size
-            )
-            for axis in range(len(base))
-        ]
+        axes = _measure_axes_thin_first(
+            provider, scout or provider, output_name, base, out_shape, max_input_size
+        )
     return _result(output_name, base, out_shape, axes)
 
 
-def _measure_axis_thin_first(
+def _measure_axes_thin_first(
     provider: GradientProvider,
     scout: GradientProvider,
     output_name: str,
     base: tuple[int, ...],
     base_out: tuple[int, ...],
-    axis: int,
     max_input_size: int,
-) -> AxisGeometry:
-    """Measure along ``axis`` on an input thin in the other axes, then confirm at full width.
+) -> list[AxisGeometry]:
+    """Measure each axis on an input thin in the other axes, then confirm at full width.
 
     Thin probes (run by ``scout``) cost a fraction of full ones. Clipping the other axes
-    and float32 underflow can only hide gradient, never add it, so one probe by
-    ``provider`` at the user's size in the other axes confirms the thin answer: the unit
-    predicted to lie furthest inside must show exactly the predicted support. Whatever goes
-    wrong on the thin path (a mismatch, overflow, a failed fit) sends the axis to a full
-    measurement by ``provider``, which has the last word.
+    and float32 underflow can only hide gradient, never add it, so a probe by
+    ``provider`` confirms each thin answer: the unit predicted to lie furthest inside must
+    show exactly the predicted support. One probe, grown along every axis to hold that
+    unit, confirms all axes at once; if any axis fails it, each axis is confirmed on its
+    own at the user's size in the other axes. Whatever goes wrong on the thin path (a
+    mismatch, overflow, a failed fit) sends the axis to a full measurement by
+    ``provider``, which has the last word.
     """
-    thin = _thin_shape(scout, output_name, base, axis)
-    if thin is not None:
+    scouted: dict[int, AxisGeometry] = {}
+    for axis in range(len(base)):
+        thin = _thin_shape(scout, output_name, base, axis)
+        if thin is None:
+            continue
         try:
             thin_out = _output_shape(scout, thin, output_name)
-            geometry = _measure_axis(scout, output_name, thin, thin_out, axis, max_input_size)
+            scouted[axis] = _measure_axis(scout, output_name, thin, thin_out, axis, max_input_size)
         except RFEstError:
-            pass
+            continue
+    bounded = {axis: g for axis, g in scouted.items() if g.size is not None}
+    confirmed = {axis for axis, g in scouted.items() if g.size is None}
+    if bounded:
+        jointly = _confirmed_jointly(provider, output_name, base, base_out, bounded)
+        if jointly == set(bounded):
+            confirmed |= jointly
         else:
-            if geometry.size is None or _confirmed(
-                provider, output_name, base, base_out, axis, geometry
-            ):
-                return geometry
-    return _measure_axis(provider, output_name, base, base_out, axis, max_input_size)
+            confirmed |= {
+                axis
+                for axis, geometry in bounded.items()
+                if _confirmed(provider, output_name, base, base_out, axis, geometry)
+            }
+    return [
+        scouted[axis]
+        if axis in confirmed
+        else _measure_axis(provider, output_name, base, base_out, axis, max_input_size)
+        for axis in range(len(base))
+    ]
 
 
 def _thin_shape(
@@ -204,6 +217,30 @@ def _thin_shape(
     return thin if len(out) == len(base) and all(m >= 1 for m in out) else None
 
 
+@dataclass(frozen=True)
+class _Check:
+    """A unit predicted to lie wholly inside a probe of size ``n``, and its support."""
+
+    n: int
+    unit: int
+    start: int
+    end: int
+
+
+def _check(base_n: int, base_m: int, geometry: AxisGeometry) -> _Check | None:
+    """The unit nearest the middle of the probe the geometry was measured at, if inside."""
+    size, stride, padding, n = geometry.size, geometry.stride, geometry.padding, geometry.probe_size
+    if not geometry.uniform or size is None or stride is None or padding is None:
+        return None
+    units_along = base_m + (n - base_n) // stride  # checked by _check_growth
+    unit = round(((n - 1) / 2 - ((size - 1) / 2 - padding)) / stride)
+    unit = min(max(unit, 0), units_along - 1)
+    start = unit * stride - padding
+    if start < 1 or start + size > n - 1:
+        return None
+    return _Check(n, unit, start, start + size - 1)
+
+
 def _confirmed(
     provider: GradientProvider,
     output_name: str,
@@ -212,21 +249,39 @@ def _confirmed(
     axis: int,
     geometry: AxisGeometry,
 ) -> bool:
-    size, stride, padding, n = geometry.size, geometry.stride, geometry.padding, geometry.probe_size
-    if not geometry.uniform or size is None or stride is None or padding is None:
-        return False
-    units_along = base_out[axis] + (n - base[axis]) // stride  # checked by _check_growth
-    unit = round(((n - 1) / 2 - ((size - 1) / 2 - padding)) / stride)
-    unit = min(max(unit, 0), units_along - 1)
-    start = unit * stride - padding
-    if start < 1 or start + size > n - 1:
+    """The predicted unit's support along ``axis`` at the user's size in the other axes."""
+    check = _check(base[axis], base_out[axis], geometry)
+    if check is None:
         return False
     middle = tuple(m // 2 for m in base_out)
-    spatial = _with(base, axis, n)
+    spatial = _with(base, axis, check.n)
     (support,) = _gradient_supports(
-        provider, output_name, spatial, [_with(middle, axis, unit)], axis
+        provider, output_name, spatial, [_with(middle, axis, check.unit)], axis
     )
-    return (support.lo, support.hi) == (start, start + size - 1)
+    return (support.lo, support.hi) == (check.start, check.end)
+
+
+def _confirmed_jointly(
+    provider: GradientProvider,
+    output_name: str,
+    base: tuple[int, ...],
+    base_out: tuple[int, ...],
+    geometries: dict[int, AxisGeometry],
+) -> set[int]:
+    """Axes whose predicted support one probe, grown along all of them, shows exactly."""
+    checks = {a: _check(base[a], base_out[a], g) for a, g in geometries.items()}
+    spatial, unit = list(base), [m // 2 for m in base_out]
+    for axis, check in checks.items():
+        if check is None:
+            return set()
+        spatial[axis], unit[axis] = check.n, check.unit
+    maps = _gradient_maps(provider, output_name, tuple(spatial), [tuple(unit)])
+    confirmed = set()
+    for axis, check in checks.items():
+        (support,) = _axis_supports(maps, output_name, tuple(spatial), [tuple(unit)], axis)
+        if check is not None and (support.lo, support.hi) == (check.start, check.end):
+            confirmed.add(axis)
+    return confirmed
 
 
 def _result(
@@ -283,6 +338,16 @@ def _gradient_supports(
     units: Sequence[tuple[int, ...]],
     axis: int,
 ) -> list[Interval]:
+    maps = _gradient_maps(provider, output_name, spatial, units)
+    return _axis_supports(maps, output_name, spatial, units, axis)
+
+
+def _gradient_maps(
+    provider: GradientProvider,
+    output_name: str,
+    spatial: tuple[int, ...],
+    units: Sequence[tuple[int, ...]],
+) -> np.ndarray:
     maps = np.asarray(provider.gradient_maps(spatial, output_name, units))
     expected = (len(units), *spatial)
     if maps.shape != expected:
@@ -296,6 +361,16 @@ def _gradient_supports(
             f"{spatial}; the model overflows or divides by zero on a positive input. Try "
             f"dtype='float64', linearize=True, or an output earlier in the network"
         )
+    return maps
+
+
+def _axis_supports(
+    maps: np.ndarray,
+    output_name: str,
+    spatial: tuple[int, ...],
+    units: Sequence[tuple[int, ...]],
+    axis: int,
+) -> list[Interval]:
     supports = axis_supports(maps, axis)
     for unit, support in zip(units, supports, strict=True):
         if support is None:

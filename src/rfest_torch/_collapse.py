@@ -27,6 +27,7 @@ __all__ = ["ChannelCollapseMode", "is_collapsed"]
 _Handler = Callable[..., Any]
 _CHANNEL = 1
 _SINGLE = "_rfest_single_channel"
+_KERNELS = "_rfest_kernels"
 
 
 def is_collapsed(x: Any) -> bool:
@@ -48,6 +49,15 @@ def _constant(weight: Any) -> bool:
     )
 
 
+def _kernel(weight: torch.Tensor, scale: int) -> torch.Tensor:
+    """The one-channel kernel ``scale * w`` of a constant weight, kept on the weight."""
+    kernels: dict[int, torch.Tensor] = weight.__dict__.setdefault(_KERNELS, {})
+    if scale not in kernels:
+        kernel = torch.ones((1, 1, *weight.shape[2:]), dtype=weight.dtype, device=weight.device)
+        kernels[scale] = kernel * (_value(weight) * scale)
+    return kernels[scale]
+
+
 def _value(constant: torch.Tensor) -> torch.Tensor:
     return constant[(0,) * constant.dim()]
 
@@ -60,6 +70,13 @@ def _narrow(x: torch.Tensor) -> torch.Tensor:
     """
     single = getattr(x, _SINGLE, None)
     return single if single is not None else x.narrow(_CHANNEL, 0, 1)
+
+
+def _narrow_at(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """``x`` with its axis ``dim`` (which agrees across its entries) cut to one entry."""
+    if dim < 0 or x.shape[dim] == 1:
+        return x
+    return _narrow(x) if dim == _CHANNEL else x.narrow(dim, 0, 1)
 
 
 def _widen(x: torch.Tensor, channels: int, dim: int = _CHANNEL) -> torch.Tensor:
@@ -95,8 +112,7 @@ def _elementwise(func: _Handler) -> _Handler:
         def narrow(a: Any) -> Any:
             if not isinstance(a, torch.Tensor):
                 return a
-            dim = _CHANNEL - (ndim - a.dim())
-            return a.narrow(dim, 0, 1) if dim >= 0 and a.shape[dim] > 1 else a
+            return _narrow_at(a, _CHANNEL - (ndim - a.dim()))
 
         out = func(*map(narrow, args), **{k: narrow(v) for k, v in kwargs.items()})
         if not isinstance(out, torch.Tensor) or out.dim() != ndim:
@@ -159,8 +175,7 @@ def _convolution(func: _Handler, transposed: bool) -> _Handler:
             single, scale = x.sum(_CHANNEL, keepdim=True), 1
         else:
             return NotImplemented
-        kernel = torch.ones((1, 1, *weight.shape[2:]), dtype=weight.dtype, device=weight.device)
-        out = func(single, kernel * (_value(weight) * scale), None, **options)
+        out = func(single, _kernel(weight, scale), None, **options)
         if bias is not None:
             out = out + _value(bias)
         return _widen(out, out_channels)
@@ -233,7 +248,7 @@ def _in_place(func: _Handler) -> _Handler:
                 and (t.stride(dim) != 0 or t.shape[dim] != x.shape[dim])
             ):
                 return NotImplemented
-            narrowed[id(t)] = t.narrow(dim, 0, 1) if dim >= 0 and t.shape[dim] > 1 else t
+            narrowed[id(t)] = _narrow_at(t, dim)
 
         def narrow(a: Any) -> Any:
             return narrowed.get(id(a), a) if isinstance(a, torch.Tensor) else a

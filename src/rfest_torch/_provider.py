@@ -1,10 +1,11 @@
 """The PyTorch :class:`rfest.GradientProvider`: autograd on any ``nn.Module``.
 
 The user's module is never modified: parameters and buffers are substituted for the
-duration of a call with ``torch.func.functional_call`` (positive constants when
-linearizing), capture hooks are removed in ``finally``, training flags are not touched
-(the linearization mode neutralises batch statistics and dropout), and the grad mode is
-restored by its context manager.
+duration of a pass, as ``torch.func.functional_call`` does it, and put back in
+``finally`` (positive constants when linearizing, copies otherwise); capture hooks are
+removed in ``finally``; training flags are not touched (the linearization mode
+neutralises batch statistics and dropout); the grad mode is restored by its context
+manager. Linearized passes run channel-collapsed (:mod:`rfest_torch._collapse`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call
 
 from rfest import (
     InputShapeError,
@@ -107,6 +107,8 @@ class TorchGradientProvider:
         self._device = _device_of(self._model)
         self._shape_cache: dict[tuple[int, ...], dict[str, tuple[int, ...]]] = {}
         self._substitute_cache: dict[tuple[str, torch.dtype], dict[str, torch.Tensor]] = {}
+        self._slot_cache: dict[str, list[tuple[nn.Module, str, str]]] = {}
+        self._buffer_cache: dict[tuple[str, str, torch.dtype], tuple[torch.Tensor, int]] = {}
         self._local = threading.local()
 
     @property
@@ -195,7 +197,7 @@ class TorchGradientProvider:
         if collapse and self._collapse:
             x = self._probe_input(shape, dtype, device).requires_grad_(grad)
             try:
-                with ChannelCollapseMode():
+                with ChannelCollapseMode(), _native_convolutions():
                     return function(x)
             except ModelCallError:
                 self._collapse = False
@@ -242,13 +244,10 @@ class TorchGradientProvider:
         captured: dict[str, torch.Tensor] = {}
         with _forward_lock, ExitStack() as stack:
             stack.enter_context(self._capturing(wanted, captured))
-            stack.enter_context(LinearizedMode() if self._linearize else EvalMode())
             try:
-                key = (str(device), dtype or self._dtype)
-                if key not in self._substitute_cache:
-                    self._substitute_cache[key] = self._substitutes(device, dtype or self._dtype)
-                substitutes = self._substitute_cache[key]
-                result = functional_call(self._model, substitutes, (x + 0,))
+                stack.enter_context(self._substituted(device, dtype or self._dtype))
+                stack.enter_context(LinearizedMode() if self._linearize else EvalMode())
+                result = self._model(x + 0)
             except _AllCaptured:
                 return captured
             except RFEstError:
@@ -304,7 +303,62 @@ class TorchGradientProvider:
             for handle in handles:
                 handle.remove()
 
-    def _substitutes(
+    @contextmanager
+    def _substituted(self, device: torch.device | str, dtype: torch.dtype) -> Iterator[None]:
+        """Parameters and buffers replaced in their modules' tables, restored on exit.
+
+        Parameter substitutes are cached (constants or detached copies). Buffers are
+        copies too, since a forward pass may update them in place (batch norm counts its
+        batches); a copy that was written to is replaced before the next pass.
+        """
+        key = (str(device), dtype)
+        if key not in self._substitute_cache:
+            self._substitute_cache[key] = self._parameter_substitutes(device, dtype)
+        substitutes = self._substitute_cache[key]
+        originals: list[tuple[dict[str, Any], str, Any]] = []
+        try:
+            for owner, attribute, name in self._slots("_parameters"):
+                originals.append((owner._parameters, attribute, owner._parameters[attribute]))
+                owner._parameters[attribute] = substitutes[name]  # type: ignore[assignment]
+            for owner, attribute, name in self._slots("_buffers"):
+                buffer = owner._buffers[attribute]
+                originals.append((owner._buffers, attribute, buffer))
+                if buffer is not None:
+                    owner._buffers[attribute] = self._buffer_copy(name, buffer, device, dtype)
+            yield
+        finally:
+            for table, attribute, original in reversed(originals):
+                table[attribute] = original
+
+    def _buffer_copy(
+        self, name: str, buffer: torch.Tensor, device: torch.device | str, dtype: torch.dtype
+    ) -> torch.Tensor:
+        key = (name, str(device), dtype)
+        cached = self._buffer_cache.get(key)
+        if cached is not None and cached[0]._version == cached[1]:
+            return cached[0]
+        where = device if device == "meta" else buffer.device
+        copy = buffer.detach().to(where, dtype if buffer.is_floating_point() else buffer.dtype)
+        copy = copy.clone() if copy.data_ptr() == buffer.data_ptr() else copy
+        self._buffer_cache[key] = (copy, copy._version)
+        return copy
+
+    def _slots(self, table: str) -> list[tuple[nn.Module, str, str]]:
+        """(owning module, attribute, full name) of every parameter or buffer, tied ones too."""
+        if table not in self._slot_cache:
+            named = (
+                self._model.named_parameters(remove_duplicate=False)
+                if table == "_parameters"
+                else self._model.named_buffers(remove_duplicate=False)
+            )
+            slots = []
+            for name, _ in named:
+                prefix, _, attribute = name.rpartition(".")
+                slots.append((self._model.get_submodule(prefix), attribute, name))
+            self._slot_cache[table] = slots
+        return self._slot_cache[table]
+
+    def _parameter_substitutes(
         self, device: torch.device | str, dtype: torch.dtype
     ) -> dict[str, torch.Tensor]:
         substitutes: dict[str, torch.Tensor] = {}
@@ -319,10 +373,6 @@ class TorchGradientProvider:
             else:
                 value = parameter.detach().to(where, dtype)
             substitutes[name] = value
-        for name, buffer in self._model.named_buffers(remove_duplicate=False):
-            where = device if device == "meta" else buffer.device
-            dtype = dtype if buffer.is_floating_point() else buffer.dtype
-            substitutes[name] = buffer.detach().to(where, dtype, copy=True)
         return substitutes
 
     def _resolve_outputs(self, output: str | Sequence[str] | None) -> dict[str, nn.Module | None]:
@@ -358,6 +408,17 @@ class TorchGradientProvider:
             f"output {name!r} has shape {tuple(tensor.shape)}; expected (batch, channels, "
             f"*spatial) with {spatial_axes} spatial axes like the input, or (batch, features)"
         )
+
+
+@contextmanager
+def _native_convolutions() -> Iterator[None]:
+    """oneDNN off: it is many times slower than PyTorch's own kernels on one channel."""
+    enabled = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = enabled  # type: ignore[assignment]
 
 
 def _split_input_shape(
