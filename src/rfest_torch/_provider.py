@@ -418,7 +418,7 @@ def _native_convolutions() -> Iterator[None]:
     try:
         yield
     finally:
-        torch.backends.mkldnn.enabled = enabled  # type: ignore[assignment]
+        torch.backends.mkldnn.enabled = enabled
 
 
 def _split_input_shape(
