@@ -231,3 +231,22 @@ def test_a_right_scout_is_confirmed_with_one_full_probe() -> None:
     rf = estimate(precise, "out", scout=FakeProvider(axes, (40, 40)))
     assert (rf.size, rf.stride, rf.padding) == ((9, 5), (2, 1), (4, 2))
     assert [count for _, count in precise.calls] == [1]
+
+
+@pytest.mark.parametrize("float32_scout", [True, False])
+def test_a_backend_can_decline_the_float32_scout(float32_scout: bool) -> None:
+    made: list[str] = []
+
+    class Provider(FakeProvider):
+        pass
+
+    Provider.float32_scout = float32_scout  # type: ignore[attr-defined]
+
+    def factory(model: Any, **options: Any) -> FakeProvider:
+        made.append(options["dtype"])
+        return Provider([Axis(9, 2, symmetric(4)), Axis(5, 1, symmetric(2))], (40, 40))
+
+    rfest.register_backend("fake-scouting", factory, replace=True)
+    rf = rfest.compute(object(), backend="fake-scouting")
+    assert (rf.size, rf.stride, rf.padding) == ((9, 5), (2, 1), (4, 2))
+    assert made == (["float64", "float32"] if float32_scout else ["float64"])

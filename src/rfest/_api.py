@@ -108,7 +108,11 @@ def compute(
     name = backend if backend is not None else detect_backend(model)
     options = dict(input_shape=input_shape, output=output, linearize=linearize, **backend_options)
     provider = make_provider(name, model, dtype=dtype, **options)
-    scout = make_provider(name, model, dtype="float32", **options) if dtype != "float32" else None
+    scout = (
+        make_provider(name, model, dtype="float32", **options)
+        if dtype != "float32" and getattr(provider, "float32_scout", True)
+        else None
+    )
     results = {
         output_name: estimate(provider, output_name, max_input_size=max_input_size, scout=scout)
         for output_name in provider.output_names

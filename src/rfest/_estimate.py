@@ -168,10 +168,10 @@ def _measure_axes_thin_first(
     and float32 underflow can only hide gradient, never add it, so a probe by
     ``provider`` confirms each thin answer: the unit predicted to lie furthest inside must
     show exactly the predicted support. One probe, grown along every axis to hold that
-    unit, confirms all axes at once; if any axis fails it, each axis is confirmed on its
-    own at the user's size in the other axes. Whatever goes wrong on the thin path (a
-    mismatch, overflow, a failed fit) sends the axis to a full measurement by
-    ``provider``, which has the last word.
+    unit, confirms all axes at once (unless it is larger than one probe per axis); if any
+    axis fails it, each axis is confirmed on its own at the user's size in the other axes.
+    Whatever goes wrong on the thin path (a mismatch, overflow, a failed fit) sends the
+    axis to a full measurement by ``provider``, which has the last word.
     """
     scouted: dict[int, AxisGeometry] = {}
     for axis in range(len(base)):
@@ -186,7 +186,11 @@ def _measure_axes_thin_first(
     bounded = {axis: g for axis, g in scouted.items() if g.size is not None}
     confirmed = {axis for axis, g in scouted.items() if g.size is None}
     if bounded:
-        jointly = _confirmed_jointly(provider, output_name, base, base_out, bounded)
+        jointly = (
+            _confirmed_jointly(provider, output_name, base, base_out, bounded)
+            if _joint_probe_is_smaller(base, bounded)
+            else set()
+        )
         if jointly == set(bounded):
             confirmed |= jointly
         else:
@@ -206,15 +210,30 @@ def _measure_axes_thin_first(
 def _thin_shape(
     provider: GradientProvider, output_name: str, base: tuple[int, ...], axis: int
 ) -> tuple[int, ...] | None:
-    """``base`` cut to ``_THIN_SIZE`` in the other axes, if the model runs on it."""
-    thin = tuple(n if a == axis else min(n, _THIN_SIZE) for a, n in enumerate(base))
-    if thin == base:
-        return None
-    try:
-        out = _output_shape(provider, thin, output_name)
-    except RFEstError:
-        return None
-    return thin if len(out) == len(base) and all(m >= 1 for m in out) else None
+    """``base`` cut in the other axes to the thinnest of 16, 32, 64... the model runs on.
+
+    Sizes are tried while they stay under half the user's size: a network that needs
+    75 pixels ('valid' stems) is probed 128 wide instead of at full width.
+    """
+    thinnest = _THIN_SIZE
+    while True:
+        thin = tuple(n if a == axis else min(n, thinnest) for a, n in enumerate(base))
+        if thin == base or 2 * thinnest > max(n for a, n in enumerate(base) if a != axis):
+            return None
+        try:
+            out = _output_shape(provider, thin, output_name)
+        except RFEstError:
+            out = ()
+        if len(out) == len(base) and all(m >= 1 for m in out):
+            return thin
+        thinnest *= 2
+
+
+def _joint_probe_is_smaller(base: tuple[int, ...], geometries: dict[int, AxisGeometry]) -> bool:
+    """One probe grown along every axis is no larger than one probe per axis in all."""
+    grown = [geometries[a].probe_size if a in geometries else n for a, n in enumerate(base)]
+    per_axis = sum(math.prod(_with(base, a, grown[a])) for a in geometries)
+    return math.prod(grown) <= per_axis
 
 
 @dataclass(frozen=True)
@@ -515,7 +534,10 @@ def _fit(probe: _Probe, stride: _Stride) -> AxisGeometry | None:
 def _next_size(probe: _Probe, n0: int, stride: _Stride | None, cap: int) -> tuple[int, int | None]:
     """Next probe size along the axis, and the first unit expected to lie wholly inside."""
     if stride is None:
-        return min(2 * probe.n, cap), None
+        # Every support running from border to border: the field is larger than the
+        # input, so skip a size (deep networks probed at their small nominal size).
+        clipped = not probe.exact_starts() and not probe.exact_ends()
+        return min((4 if clipped else 2) * probe.n, cap), None
     s = stride.value
     target = 2 * probe.n
     centre = None

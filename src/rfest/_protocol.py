@@ -32,6 +32,10 @@ class GradientProvider(Protocol):
         channels) with respect to a strictly positive input, summed over input
         channels. Probes must not influence each other (use the batch axis).
 
+    Optional: ``float32_scout`` (default True). When float64 is asked for, ``compute``
+    also makes a float32 provider for the cheap thin probes and confirms its answers in
+    float64; a backend for which a second provider costs more than it saves sets it False.
+
     Example:
         >>> import numpy as np
         >>> class Identity1D:

@@ -59,6 +59,9 @@ class KerasGradientProvider:
         ((4, 4), (2, 2), (0, 0))
     """
 
+    float32_scout = False
+    """A float32 scout would be a second rebuild of the model, costlier than it saves."""
+
     def __init__(
         self,
         model: Any,
