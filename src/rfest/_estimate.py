@@ -43,7 +43,10 @@ DEFAULT_FREE_SIZE = 32
 DEFAULT_MAX_INPUT_SIZE = 4096
 """Largest probe size along one axis before rfest gives up (option ``max_input_size``)."""
 
-_FAR = 64  # output shapes at 64 x the cap tell a global reduction from a large stride
+# An output that gains no unit over this many more input pixels (4 x the default cap) has
+# a stride no measurable field could have: it is a global reduction. Kept far below the
+# 64 x cap once used, so that the shape pass stays small enough to compute for real.
+_FAR = 4 * DEFAULT_MAX_INPUT_SIZE
 _THIN_SIZE = 16  # size of the other axes while one axis is measured (then confirmed)
 _RUN_HALF_WIDTH = 2  # a run of 5 neighbours: four steps see any phase pattern of period <= 4
 
@@ -434,7 +437,7 @@ def _measure_axis(
     while True:
         probe = _probe(provider, output_name, base, base_out, axis, n, m, centre)
         if probe.whole:
-            if _output_len(provider, output_name, base, axis, _FAR * cap) == m:
+            if _output_len(provider, output_name, base, axis, n + max(_FAR, 4 * cap)) == m:
                 return AxisGeometry(None, None, None, True, n)  # global pooling and the like
             if n >= cap and m > 1:
                 return AxisGeometry(None, None, None, True, n)  # squeeze-excite, attention
