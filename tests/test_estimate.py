@@ -250,3 +250,32 @@ def test_a_backend_can_decline_the_float32_scout(float32_scout: bool) -> None:
     rf = rfest.compute(object(), backend="fake-scouting")
     assert (rf.size, rf.stride, rf.padding) == ((9, 5), (2, 1), (4, 2))
     assert made == (["float64", "float32"] if float32_scout else ["float64"])
+
+
+class NeedsSeventyFivePixels(FakeProvider):
+    """An InceptionV3-like network: 'valid' layers reject inputs under 75 pixels."""
+
+    def output_shapes(self, spatial_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+        if min(spatial_shape) < 75:
+            raise rfest.ModelCallError(f"input {spatial_shape} is smaller than 75")
+        return super().output_shapes(spatial_shape)
+
+
+def test_thin_probes_are_as_thin_as_the_model_takes() -> None:
+    provider = NeedsSeventyFivePixels([Axis(45, 8, symmetric(0))] * 2, (299, 299))
+    rf = measure(provider)
+    assert (rf.size, rf.stride, rf.padding) == ((45, 45), (8, 8), (0, 0))
+    batched = [shape for shape, count in provider.calls if count > 1]
+    # 16, 32 and 64 are rejected; 128 is the thinnest under half of 299 that runs
+    assert sorted(min(shape) for shape in batched) == [128, 128]
+
+
+def test_a_field_larger_than_the_input_skips_a_probe_size() -> None:
+    # 1311 / 32 / 618 at 299, InceptionV3 mixed10: every support at 299 runs border to
+    # border, so the next probe is 4 x 299 = 1196, not 598; there stride 32 shows, and
+    # 299 + 33 * 32 = 1355 holds a whole unit.
+    provider = FakeProvider([Axis(1311, 32, symmetric(618)), Axis(3, 1)], (299, 40))
+    rf = measure(provider)
+    assert (rf.size, rf.stride, rf.padding) == ((1311, 3), (32, 1), (618, 0))
+    sizes = [shape[0] for shape, count in provider.calls if count > 1 and shape[1] == 16]
+    assert sizes == [299, 1196, 1355]

@@ -11,6 +11,7 @@ torch = pytest.importorskip("torch")
 
 import rfest  # noqa: E402
 import rfest_torch  # noqa: E402
+from rfest_torch._provider import TorchGradientProvider  # noqa: E402
 from rfest_torch.examples import receptivefield_readme_net  # noqa: E402
 from torch_models import ResNet50  # noqa: E402
 
@@ -50,3 +51,17 @@ def test_torchvision_resnet50_where_torchvision_imports() -> None:
     model = models.resnet50(weights=None).cuda().eval()
     rf = rfest.compute(model, (3, 224, 224), output="layer4")
     assert (rf.size, rf.stride, rf.padding) == ((427, 427), (32, 32), (213, 213))
+
+
+def test_narrowed_pass_on_cuda_equals_the_full_width_pass() -> None:
+    torch.manual_seed(0)
+    model = ResNet50().cuda().eval()
+    options: dict[str, object] = {"input_shape": (3, 96, 64), "output": "layer4"}
+    narrowed = TorchGradientProvider(model, **options)  # type: ignore[arg-type]
+    full = TorchGradientProvider(model, **options, narrow=False)  # type: ignore[arg-type]
+    units = [(0, 0), (1, 1), (2, 1)]
+    got = narrowed.gradient_maps((96, 64), "layer4", units)
+    expected = full.gradient_maps((96, 64), "layer4", units)
+    assert (got > 0).tolist() == (expected > 0).tolist()
+    assert abs(got - expected).max() <= 1e-9 * abs(expected).max()
+    assert narrowed._collapse and next(model.parameters()).is_cuda

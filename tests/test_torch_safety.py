@@ -58,7 +58,12 @@ def assert_unchanged(model: nn.Module, before: dict[str, Any]) -> None:
 
 
 def global_state() -> tuple[Any, ...]:
-    return (torch.get_default_dtype(), torch.is_grad_enabled(), torch.is_inference_mode_enabled())
+    return (
+        torch.get_default_dtype(),
+        torch.is_grad_enabled(),
+        torch.is_inference_mode_enabled(),
+        torch.backends.mkldnn.enabled,  # turned off during channel-collapsed passes
+    )
 
 
 def test_successful_call_leaves_model_and_globals_untouched() -> None:
