@@ -122,11 +122,17 @@ def _elementwise(func: _Handler) -> _Handler:
     return run
 
 
-def _channelwise(func: _Handler) -> _Handler:
-    """An operation applied to every channel alike (pooling, padding, resizing, copying)."""
+def _channelwise(func: _Handler, spatial_axes: int | None = None) -> _Handler:
+    """An operation applied to every channel alike (pooling, resizing, copying).
+
+    With ``spatial_axes``, only a batched input (batch, channels, *spatial) is narrowed:
+    unbatched, axis 1 would be a spatial axis, which the operation does not treat alike.
+    """
 
     def run(x: Any, *args: Any, **kwargs: Any) -> Any:
         if not is_collapsed(x) or "out" in kwargs:
+            return NotImplemented
+        if spatial_axes is not None and x.dim() != spatial_axes + 2:
             return NotImplemented
         out = func(_narrow(x), *args, **kwargs)
         if not isinstance(out, torch.Tensor) or out.dim() != x.dim():
@@ -282,12 +288,12 @@ def _handlers() -> dict[Any, _Handler]:
     for dims in (1, 2, 3):
         for name in (f"avg_pool{dims}d", f"adaptive_avg_pool{dims}d", f"lp_pool{dims}d"):
             if (function := getattr(F, name, None)) is not None:
-                handlers[function] = _channelwise(function)
+                handlers[function] = _channelwise(function, spatial_axes=dims)
         conv = getattr(F, f"conv{dims}d")
         handlers[conv] = _convolution(conv, transposed=False)
         transposed = getattr(F, f"conv_transpose{dims}d")
         handlers[transposed] = _convolution(transposed, transposed=True)
-    handlers[F.interpolate] = _channelwise(F.interpolate)
+    handlers[F.interpolate] = _channelwise(F.interpolate)  # always (batch, channels, ...)
     handlers[F.pad] = _pad
     handlers[F.linear] = _linear
     handlers[torch.cat] = _cat
