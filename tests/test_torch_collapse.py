@@ -222,6 +222,18 @@ def test_narrowing_turns_itself_off_for_good_and_stays_exact() -> None:
     assert (rf.size, rf.stride, rf.padding) == ((5, 5), (1, 1), (2, 2))
 
 
+def test_an_input_too_small_for_the_model_does_not_turn_narrowing_off() -> None:
+    # Five 'valid' k7 convolutions need 31 pixels: the 16-pixel thin probe fails both
+    # ways, which says nothing against narrowing. r = 1 + 5 * 6 = 31.
+    model = nn.Sequential(nn.Conv2d(3, 4, 7), *[nn.Conv2d(4, 4, 7) for _ in range(4)])
+    narrowed = TorchGradientProvider(model, input_shape=(3, 80, 80))
+    with pytest.raises(rfest.ModelCallError):
+        narrowed.output_shapes((16, 80))
+    assert narrowed._collapse
+    rf = rfest.compute(model, (3, 80, 80))
+    assert (rf.size, rf.stride, rf.padding) == ((31, 31), (1, 1), (0, 0))
+
+
 def test_narrow_option_is_checked() -> None:
     with pytest.raises(rfest.OptionError, match="narrow"):
         rfest.compute(nn.Conv2d(1, 1, 3), (1, 8, 8), narrow="yes")

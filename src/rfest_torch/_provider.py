@@ -192,8 +192,9 @@ class TorchGradientProvider:
 
         The probe input itself keeps its channels: their gradients may differ in sign
         (a model may subtract one input channel from another), and the maps sum their
-        magnitudes. Any failure of a collapsed pass is retried plainly, and the plain pass
-        has the last word.
+        magnitudes. A failed collapsed pass is retried plainly, and the plain pass has the
+        last word; only when the plain pass succeeds is collapsing given up for good (an
+        input too small for the model fails both ways).
         """
         if collapse and self._collapse:
             x = self._probe_input(shape, dtype, device).requires_grad_(grad)
@@ -201,7 +202,9 @@ class TorchGradientProvider:
                 with ChannelCollapseMode(), _native_convolutions():
                     return function(x)
             except ModelCallError:
+                result = function(self._probe_input(shape, dtype, device).requires_grad_(grad))
                 self._collapse = False
+                return result
         return function(self._probe_input(shape, dtype, device).requires_grad_(grad))
 
     def input_gradients(
