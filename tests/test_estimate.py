@@ -279,3 +279,11 @@ def test_a_field_larger_than_the_input_skips_a_probe_size() -> None:
     assert (rf.size, rf.stride, rf.padding) == ((1311, 3), (32, 1), (618, 0))
     sizes = [shape[0] for shape, count in provider.calls if count > 1 and shape[1] == 16]
     assert sizes == [299, 1196, 1355]
+
+
+def test_a_small_input_is_still_probed_thin() -> None:
+    # 24 wide: the 16-pixel thin probe is tried (and used) although 32 would not be.
+    provider = FakeProvider([Axis(5, 1, symmetric(2)), Axis(3, 1, symmetric(1))], (40, 24))
+    rf = measure(provider)
+    assert (rf.size, rf.stride, rf.padding) == ((5, 3), (1, 1), (2, 1))
+    assert ((40, 16), 9) in provider.calls

@@ -215,13 +215,14 @@ def _thin_shape(
 ) -> tuple[int, ...] | None:
     """``base`` cut in the other axes to the thinnest of 16, 32, 64... the model runs on.
 
-    Sizes are tried while they stay under half the user's size: a network that needs
-    75 pixels ('valid' stems) is probed 128 wide instead of at full width.
+    Sizes past 16 are tried while they stay under half the user's size: a network that
+    needs 75 pixels ('valid' stems) is probed 128 wide instead of at full width.
     """
+    widest = max((n for a, n in enumerate(base) if a != axis), default=0)
     thinnest = _THIN_SIZE
     while True:
         thin = tuple(n if a == axis else min(n, thinnest) for a, n in enumerate(base))
-        if thin == base or 2 * thinnest > max(n for a, n in enumerate(base) if a != axis):
+        if thin == base or (thinnest > _THIN_SIZE and 2 * thinnest > widest):
             return None
         try:
             out = _output_shape(provider, thin, output_name)
