@@ -129,6 +129,30 @@ def case_resnet50_all_blocks(repeat: int) -> dict[str, Any]:
     }
 
 
+def case_resnet50_report(repeat: int) -> dict[str, Any]:
+    import torch
+
+    import rfest
+    from torch_models import ResNet50
+
+    torch.manual_seed(0)
+    model = ResNet50().eval()
+    baseline = _torch_pass(_resnet50_trunk(model), (3, 224, 224))
+    baseline()
+    base = _median_time(baseline, repeat)
+    report = rfest.report(model, (3, 224, 224))
+    sizes = {record.name: record.size for record in report}
+    # By hand: stem k7/2 then max pool k3/2 -> 7 + 2 * 2 = 11; layer4 427 (see above).
+    assert sizes["maxpool"] == (11, 11), sizes
+    assert sizes["layer4"] == (427, 427), sizes
+    timed = _median_time(lambda: rfest.report(model, (3, 224, 224)), repeat)
+    return {
+        "case": f"ResNet-50 (torch): rfest.report, all {len(sizes)} named modules",
+        "baseline_s": base,
+        "rfest_s": timed,
+    }
+
+
 def case_conv3d_torch(repeat: int) -> dict[str, Any]:
     import torch
     from torch import nn
@@ -230,6 +254,7 @@ def case_densenet121_keras(repeat: int) -> dict[str, Any]:
 CASES: dict[str, Callable[[int], dict[str, Any]]] = {
     "resnet50": case_resnet50_torch,
     "resnet50-blocks": case_resnet50_all_blocks,
+    "resnet50-report": case_resnet50_report,
     "conv3d": case_conv3d_torch,
     "inception-v3": case_inception_v3_keras,
     "densenet121": case_densenet121_keras,
