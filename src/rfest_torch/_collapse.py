@@ -88,6 +88,32 @@ def _widen(x: torch.Tensor, channels: int, dim: int = _CHANNEL) -> torch.Tensor:
     return wide
 
 
+def _channel_widths(tensors: Sequence[torch.Tensor], ndim: int) -> set[int] | None:
+    """Widths of the broadcast channel axis (axis 1 of an ``ndim``-axis result) among
+    ``tensors``; None when one of them spans that axis without agreeing across it."""
+    widths = set()
+    for t in tensors:
+        dim = _CHANNEL - (ndim - t.dim())
+        if dim >= 0 and t.shape[dim] > 1:
+            if t.stride(dim) != 0:
+                return None
+            widths.add(t.shape[dim])
+    return widths
+
+
+def _narrowed(
+    args: tuple[Any, ...], kwargs: dict[str, Any], ndim: int
+) -> tuple[list[Any], dict[str, Any]]:
+    """The arguments with every tensor cut to one entry along the broadcast channel axis."""
+
+    def narrow(a: Any) -> Any:
+        if not isinstance(a, torch.Tensor):
+            return a
+        return _narrow_at(a, _CHANNEL - (ndim - a.dim()))
+
+    return [narrow(a) for a in args], {k: narrow(v) for k, v in kwargs.items()}
+
+
 def _elementwise(func: _Handler) -> _Handler:
     """Broadcasting arithmetic: narrow when every tensor argument agrees across channels."""
 
@@ -98,23 +124,12 @@ def _elementwise(func: _Handler) -> _Handler:
         if not any(is_collapsed(t) for t in tensors):
             return NotImplemented
         ndim = max(t.dim() for t in tensors)
-        widths = set()
-        for t in tensors:
-            dim = _CHANNEL - (ndim - t.dim())
-            if dim >= 0 and t.shape[dim] > 1:
-                if t.stride(dim) != 0:
-                    return NotImplemented
-                widths.add(t.shape[dim])
-        if len(widths) != 1:
-            return NotImplemented  # not broadcastable: let PyTorch say so
+        widths = _channel_widths(tensors, ndim)
+        if widths is None or len(widths) != 1:
+            return NotImplemented  # mixed channels, or not broadcastable: PyTorch decides
         (channels,) = widths
-
-        def narrow(a: Any) -> Any:
-            if not isinstance(a, torch.Tensor):
-                return a
-            return _narrow_at(a, _CHANNEL - (ndim - a.dim()))
-
-        out = func(*map(narrow, args), **{k: narrow(v) for k, v in kwargs.items()})
+        narrow_args, narrow_kwargs = _narrowed(args, kwargs, ndim)
+        out = func(*narrow_args, **narrow_kwargs)
         if not isinstance(out, torch.Tensor) or out.dim() != ndim:
             return NotImplemented
         return _widen(out, channels)
@@ -245,21 +260,13 @@ def _in_place(func: _Handler) -> _Handler:
         if not is_collapsed(x) or "out" in kwargs:
             return NotImplemented
         others = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
-        narrowed: dict[int, torch.Tensor] = {}
-        for t in others:
-            dim = _CHANNEL - (x.dim() - t.dim())
-            if t.dim() > x.dim() or (
-                dim >= 0
-                and t.shape[dim] > 1
-                and (t.stride(dim) != 0 or t.shape[dim] != x.shape[dim])
-            ):
-                return NotImplemented
-            narrowed[id(t)] = _narrow_at(t, dim)
-
-        def narrow(a: Any) -> Any:
-            return narrowed.get(id(a), a) if isinstance(a, torch.Tensor) else a
-
-        func(_narrow(x), *map(narrow, args), **{k: narrow(v) for k, v in kwargs.items()})
+        if any(t.dim() > x.dim() for t in others):
+            return NotImplemented
+        widths = _channel_widths(others, x.dim())
+        if widths is None or not widths <= {x.shape[_CHANNEL]}:
+            return NotImplemented
+        narrow_args, narrow_kwargs = _narrowed(args, kwargs, x.dim())
+        func(_narrow(x), *narrow_args, **narrow_kwargs)
         return x
 
     return run
@@ -267,11 +274,8 @@ def _in_place(func: _Handler) -> _Handler:
 
 def _handlers() -> dict[Any, _Handler]:
     handlers: dict[Any, _Handler] = {}
-    for name in ("add", "sub", "subtract", "mul", "multiply", "div", "divide", "true_divide"):
-        for owner in (torch, torch.Tensor):
-            function = getattr(owner, name)
-            handlers[function] = _elementwise(function)
-    for name in ("neg", "abs", "square", "sqrt", "exp", "reciprocal"):
+    arithmetic = "add sub subtract mul multiply div divide true_divide"
+    for name in f"{arithmetic} neg abs square sqrt exp reciprocal".split():
         for owner in (torch, torch.Tensor):
             function = getattr(owner, name)
             handlers[function] = _elementwise(function)

@@ -196,16 +196,19 @@ class TorchGradientProvider:
         last word; only when the plain pass succeeds is collapsing given up for good (an
         input too small for the model fails both ways).
         """
-        if collapse and self._collapse:
-            x = self._probe_input(shape, dtype, device).requires_grad_(grad)
-            try:
-                with ChannelCollapseMode(), _native_convolutions():
-                    return function(x)
-            except ModelCallError:
-                result = function(self._probe_input(shape, dtype, device).requires_grad_(grad))
-                self._collapse = False
-                return result
-        return function(self._probe_input(shape, dtype, device).requires_grad_(grad))
+
+        def plain() -> _T:
+            return function(self._probe_input(shape, dtype, device).requires_grad_(grad))
+
+        if not (collapse and self._collapse):
+            return plain()
+        try:
+            with ChannelCollapseMode(), _native_convolutions():
+                return function(self._probe_input(shape, dtype, device).requires_grad_(grad))
+        except ModelCallError:
+            result = plain()
+            self._collapse = False
+            return result
 
     def input_gradients(
         self, inputs: np.ndarray, output_name: str, unit: tuple[int, ...]
