@@ -154,7 +154,9 @@ def estimate(
         axes = _measure_axes_thin_first(
             provider, scout or provider, output_name, base, out_shape, max_input_size
         )
-    return _result(output_name, base, out_shape, axes)
+    from rfest._periodic import with_patterns  # imports this module
+
+    return with_patterns(_result(output_name, base, out_shape, axes), axes)
 
 
 def _measure_axes_thin_first(
@@ -446,6 +448,13 @@ def _measure_axis(
             stride = _stride(probe) or stride
             if stride is not None and (n - n0) % stride.value == 0:
                 fit = _fit(probe, stride)
+                if fit is not None and not fit.uniform:
+                    from rfest._periodic import measure_periodic  # imports this module
+
+                    periodic = measure_periodic(
+                        provider, output_name, base, base_out, axis, max_input_size
+                    )
+                    fit = periodic or fit
                 if fit is not None:
                     _check_growth(provider, output_name, base, axis, base_out[axis], fit)
                     return fit

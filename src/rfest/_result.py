@@ -4,9 +4,49 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from fractions import Fraction
 from typing import Any
 
-__all__ = ["ReceptiveField"]
+__all__ = ["Phase", "PhasePattern", "ReceptiveField"]
+
+
+@dataclass(frozen=True)
+class Phase:
+    """The field of one phase: unit ``k*period + r`` sees ``k*step + start ... + size - 1``."""
+
+    size: int
+    start: int
+
+
+@dataclass(frozen=True)
+class PhasePattern:
+    """Fields along one axis that repeat every ``period`` units, ``step`` input pixels on.
+
+    Output unit ``u = k*period + r`` (``0 <= r < period``) sees input indices
+    ``k*step + phases[r].start ... k*step + phases[r].start + phases[r].size - 1``.
+    A uniform axis is the pattern of period 1: ``step`` = stride, start = -padding.
+
+    Example:
+        >>> up = PhasePattern(2, 1, (Phase(2, -1), Phase(2, 0)))  # bilinear x2 upsampling
+        >>> [up.box(u) for u in range(4)]
+        [(-1, 1), (0, 2), (0, 2), (1, 3)]
+    """
+
+    period: int
+    step: int
+    phases: tuple[Phase, ...]
+
+    @property
+    def stride(self) -> Fraction:
+        """Mean input distance between neighbouring units, ``step / period``."""
+        return Fraction(self.step, self.period)
+
+    def box(self, unit: int) -> tuple[int, int]:
+        """``(start, stop)`` (stop exclusive) of unit ``unit``; may reach into padding."""
+        k, r = divmod(unit, self.period)
+        phase = self.phases[r]
+        start = k * self.step + phase.start
+        return start, start + phase.size
 
 
 @dataclass(frozen=True)
@@ -21,6 +61,17 @@ class ReceptiveField:
     When ``is_global`` is True every output unit depends on the whole input and
     ``size``, ``stride``, ``padding`` and ``offset`` are None. An output that is global
     along some axes only keeps None in those axes' entries.
+
+    After upsampling or transposed convolutions (``uniform`` False) units differ, but
+    along each axis their fields repeat: every ``period`` units they move ``period_step``
+    input pixels, and each of the ``period`` phases has its own size and start
+    (``phases``, ``pattern``; ``stride_fraction`` = step / period, e.g. 1/2 after a final
+    2x upsampling). ``box`` and ``center`` are exact for every unit, uniform or not.
+    ``size`` is then the largest phase's, ``stride`` the mean stride rounded (at least
+    1), and ``padding``/``offset`` those of unit 0. A uniform axis is the pattern of
+    period 1, so these properties read the same for every output. ``clipped`` says which
+    units' fields run past the input (the part outside is padding, which 'same'-style
+    layers fill with zeros: such a unit sees only the part inside).
 
     Example:
         >>> rf = ReceptiveField(size=(3,), stride=(1,), padding=(1,), offset=(0.0,),
@@ -41,6 +92,8 @@ class ReceptiveField:
     uniform: bool = True
     probe_shape: tuple[int, ...] | None = None
     output: str | None = None
+    pattern: tuple[PhasePattern | None, ...] | None = None
+    """Per axis, the measured phase pattern of a non-uniform axis (None: uniform axis)."""
 
     @property
     def ndim(self) -> int:
@@ -60,10 +113,17 @@ class ReceptiveField:
             (2.0, 6.0)
         """
         index = self._index(index)
-        return tuple(
-            None if o is None or s is None else float(o + i * s)  # type: ignore[misc]
-            for i, s, o in zip(index, self._local("stride"), self._local("offset"), strict=True)
-        )
+        centres: list[Any] = []
+        for axis, (i, s, o) in enumerate(
+            zip(index, self._local("stride"), self._local("offset"), strict=True)
+        ):
+            pattern = self._pattern(axis)
+            if pattern is not None:
+                start, stop = pattern.box(i)
+                centres.append((start + stop - 1) / 2)
+            else:
+                centres.append(None if o is None or s is None else float(o + i * s))
+        return tuple(centres)
 
     def box(self, index: int | Sequence[int]) -> tuple[tuple[int, int], ...]:
         """Input region ``(start, stop)`` per axis (``stop`` exclusive) seen by unit ``index``.
@@ -76,14 +136,95 @@ class ReceptiveField:
         """
         index = self._index(index)
         boxes = []
-        for i, size, stride, padding in zip(
-            index, self._local("size"), self._local("stride"), self._local("padding"), strict=True
+        for axis, (i, size, stride, padding) in enumerate(
+            zip(
+                index,
+                self._local("size"),
+                self._local("stride"),
+                self._local("padding"),
+                strict=True,
+            )
         ):
             if size is None or stride is None or padding is None:
                 raise ValueError("this output is global along an axis: it has no box there")
+            pattern = self._pattern(axis)
+            if pattern is not None:
+                boxes.append(pattern.box(i))
+                continue
             start = i * stride - padding
             boxes.append((start, start + size))
         return tuple(boxes)
+
+    def clipped(self, index: int | Sequence[int]) -> tuple[bool, ...]:
+        """Per axis, True where unit ``index``'s field runs past the input's ends.
+
+        Such a unit (near a border) sees only the part of ``box(index)`` inside the input;
+        the rest is padding. The phases describe every unit; these are the ones whose
+        support at ``input_shape`` is cut by the border.
+
+        Example:
+            >>> ReceptiveField((5, 5), (2, 2), (2, 2), (0.0, 0.0), (8, 8), (4, 4)).clipped((0, 1))
+            (True, False)
+        """
+        return tuple(
+            start < 0 or stop > n
+            for (start, stop), n in zip(self.box(index), self.input_shape, strict=True)
+        )
+
+    @property
+    def period(self) -> tuple[int | None, ...] | None:
+        """Per axis, the units after which fields repeat (1 on a uniform axis).
+
+        Example:
+            >>> ReceptiveField((3,), (1,), (1,), (0.0,), (8,), (8,)).period
+            (1,)
+        """
+        return self._per_axis(lambda p: p.period)
+
+    @property
+    def period_step(self) -> tuple[int | None, ...] | None:
+        """Per axis, the input pixels fields move per period (the stride on a uniform axis)."""
+        return self._per_axis(lambda p: p.step)
+
+    @property
+    def stride_fraction(self) -> tuple[Fraction | None, ...] | None:
+        """Per axis, the exact mean stride ``period_step / period`` (1/2 after 2x upsampling)."""
+        return self._per_axis(lambda p: p.stride)
+
+    @property
+    def phases(self) -> tuple[tuple[Phase, ...] | None, ...] | None:
+        """Per axis, the field of each phase (one phase, start -padding, on a uniform axis)."""
+        return self._per_axis(lambda p: p.phases)
+
+    def patterns(self) -> tuple[PhasePattern | None, ...] | None:
+        """Per axis, the phase pattern (period 1 on a uniform axis; None where global).
+
+        Example:
+            >>> ReceptiveField((3,), (2,), (1,), (0.0,), (8,), (4,)).patterns()
+            (PhasePattern(period=1, step=2, phases=(Phase(size=3, start=-1),)),)
+        """
+        if self.is_global or self.size is None or self.stride is None or self.padding is None:
+            return None
+        result: list[PhasePattern | None] = []
+        for axis, (size, stride, padding) in enumerate(
+            zip(self.size, self.stride, self.padding, strict=True)
+        ):
+            pattern = self._pattern(axis)
+            if pattern is None and size is not None and stride is not None and padding is not None:
+                pattern = PhasePattern(1, stride, (Phase(size, -padding),))
+            result.append(pattern)
+        return tuple(result)
+
+    def _per_axis(self, read: Any) -> Any:
+        patterns = self.patterns()
+        if patterns is None:
+            return None
+        return tuple(None if p is None else read(p) for p in patterns)
+
+    def _pattern(self, axis: int) -> PhasePattern | None:
+        if self.pattern is None:
+            return None
+        return self.pattern[axis]
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-ready form (tuples become lists).
@@ -92,16 +233,40 @@ class ReceptiveField:
             >>> ReceptiveField((3,), (1,), (1,), (0.0,), (8,), (8,)).to_dict()["size"]
             [3]
         """
-        return {
+        plain = {
             key: list(value) if isinstance(value, tuple) else value
             for key, value in asdict(self).items()
-        } | {"grown": self.grown}
+            if key != "pattern"
+        }
+        fractions = self.stride_fraction
+        phases = self.phases
+        return plain | {
+            "grown": self.grown,
+            "period": None if self.period is None else list(self.period),
+            "period_step": None if self.period_step is None else list(self.period_step),
+            "stride_fraction": None
+            if fractions is None
+            else [None if f is None else str(f) for f in fractions],
+            "phases": None
+            if phases is None
+            else [
+                None if axis is None else [{"size": p.size, "start": p.start} for p in axis]
+                for axis in phases
+            ],
+        }
 
     def __str__(self) -> str:
         name = f" of {self.output!r}" if self.output else ""
         if self.is_global:
             return f"ReceptiveField{name}: global (every unit sees the whole input)"
-        flag = "" if self.uniform else " [non-uniform: largest size shown]"
+        flag = ""
+        if not self.uniform:
+            flag = (
+                f" [non-uniform: largest size shown; fields repeat every {self.period} units, "
+                f"{self.period_step} input pixels on; box(unit) is exact]"
+                if self.pattern is not None
+                else " [non-uniform: largest size shown]"
+            )
         return (
             f"ReceptiveField{name}: size {self.size}, stride {self.stride}, "
             f"padding {self.padding}, offset {self.offset}{flag}"
