@@ -33,7 +33,7 @@ from rfest._plots import (
 from rfest._protocol import GradientProvider, InputGradientProvider, LayerListingProvider
 from rfest._registry import available_backends, register_backend
 from rfest._report import LayerRecord, LayerReport, report
-from rfest._result import ReceptiveField
+from rfest._result import Phase, PhasePattern, ReceptiveField
 
 __version__ = "0.1.0"
 
@@ -56,6 +56,8 @@ __all__ = [
     "NonUniformWarning",
     "OptionError",
     "OutputNotFoundError",
+    "Phase",
+    "PhasePattern",
     "ProbeSizeError",
     "RFEstError",
     "ReceptiveField",

@@ -275,6 +275,10 @@ def _confirmed(
     geometry: AxisGeometry,
 ) -> bool:
     """The predicted unit's support along ``axis`` at the user's size in the other axes."""
+    from rfest._periodic import PeriodicGeometry, confirm_periodic  # imports this module
+
+    if isinstance(geometry, PeriodicGeometry):
+        return confirm_periodic(provider, output_name, base, base_out, axis, geometry)
     check = _check(base[axis], base_out[axis], geometry)
     if check is None:
         return False

@@ -39,7 +39,7 @@ from rfest._estimate import (
 from rfest._protocol import GradientProvider
 from rfest._result import Phase, PhasePattern, ReceptiveField
 
-__all__ = ["PeriodicGeometry", "measure_periodic", "with_patterns"]
+__all__ = ["PeriodicGeometry", "confirm_periodic", "measure_periodic", "with_patterns"]
 
 _FIRST_RUN = 24  # every phase of a period up to 8 seen three times
 _MAX_PERIOD = 64
@@ -118,6 +118,47 @@ def measure_periodic(
                 return None
             n = min(n0 + max(1, math.ceil((2 * n - n0) / growth)) * growth, cap)
         m = _output_len(provider, output_name, base, axis, n)
+
+
+def confirm_periodic(
+    provider: GradientProvider,
+    output_name: str,
+    base: tuple[int, ...],
+    base_out: tuple[int, ...],
+    axis: int,
+    geometry: PeriodicGeometry,
+) -> bool:
+    """Every phase, three periods in a row, shows exactly its predicted support.
+
+    ``geometry`` was measured by a cheaper provider (float32, thin in the other axes,
+    which can only hide gradient); ``provider`` probes, at the user's size in the other
+    axes, the run of units nearest the middle whose predicted fields lie inside the input
+    with a pixel to spare on both sides.
+    """
+    pattern, n = geometry.pattern, geometry.probe_size
+    units = _output_len(provider, output_name, base, axis, n)
+    inside = [u for u in range(units) if _spare(pattern.box(u), n)]
+    length = 3 * pattern.period
+    middle_unit = units // 2
+    runs = [
+        inside[i : i + length]
+        for i in range(len(inside) - length + 1)
+        if inside[i + length - 1] - inside[i] == length - 1
+    ]
+    if not runs:
+        return False
+    run = min(runs, key=lambda r: abs(r[length // 2] - middle_unit))
+    middle = tuple(size // 2 for size in base_out)
+    supports = _gradient_supports(
+        provider, output_name, _with(base, axis, n), [_with(middle, axis, u) for u in run], axis
+    )
+    return all(
+        (s.lo, s.hi + 1) == pattern.box(u) for u, s in zip(run, supports, strict=True)
+    )
+
+
+def _spare(box: tuple[int, int], n: int) -> bool:
+    return box[0] >= 1 and box[1] <= n - 1
 
 
 def _unclipped_run(
