@@ -2,7 +2,8 @@
 
 Independent of rfest: the test's own copy of the network, with positive weights, runs in
 float64 on an input of ones and on one copy per input index along an axis, that whole
-slice raised by one. With positive weights and a positive input nothing cancels, so an
+slice raised by one, all in one batch (a kernel may round differently at another batch
+size). With positive weights and a positive input nothing cancels, so an
 output unit changes exactly when it depends on that slice (max pooling would hide a raise
 that stays below the window's maximum: the decoder tests use average pooling or strided
 convolutions, which is also what rfest's linearized copy sees).
@@ -26,14 +27,13 @@ def supports(forward: Forward, spatial: tuple[int, ...], axis: int) -> list[tupl
     Units are those along ``axis`` through the middle of the other output axes.
     """
     n = spatial[axis]
-    base = np.ones((1, *spatial))
-    raised = np.ones((n, *spatial))
+    raised = np.ones((n + 1, *spatial))  # the last stays ones: the baseline, same batch
     for t in range(n):
         index: list[object] = [t, *(slice(None),) * len(spatial)]
         index[1 + axis] = t
         raised[tuple(index)] += 1.0
-    before = forward(base)[0]
     after = forward(raised)
+    before = after[n]
     middle = [m // 2 for m in before.shape]
     found = []
     for u in range(before.shape[axis]):
