@@ -7,9 +7,11 @@ stride 4, padding 0 on 96 x 96).
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
+import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
@@ -68,8 +70,55 @@ def geometry() -> None:
     save(fig, "geometry.png")
 
 
+class UNet(torch.nn.Module):
+    """A small U-Net: two levels down (max pooling), two up (transposed k2 s2), skips."""
+
+    def __init__(self, c: int = 8) -> None:
+        super().__init__()
+
+        def block(i: int, o: int) -> torch.nn.Sequential:
+            return torch.nn.Sequential(
+                torch.nn.Conv2d(i, o, 3, padding=1),
+                torch.nn.ReLU(),
+                torch.nn.Conv2d(o, o, 3, padding=1),
+                torch.nn.ReLU(),
+            )
+
+        self.e1, self.e2, self.e3 = block(3, c), block(c, 2 * c), block(2 * c, 4 * c)
+        self.pool = torch.nn.MaxPool2d(2)
+        self.u2 = torch.nn.ConvTranspose2d(4 * c, 2 * c, 2, stride=2)
+        self.d2 = block(4 * c, 2 * c)
+        self.u1 = torch.nn.ConvTranspose2d(2 * c, c, 2, stride=2)
+        self.d1 = block(2 * c, c)
+        self.head = torch.nn.Conv2d(c, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.e1(x)
+        b = self.e2(self.pool(a))
+        d = self.d2(torch.cat([self.u2(self.e3(self.pool(b))), b], 1))
+        return self.head(self.d1(torch.cat([self.u1(d), a], 1)))  # type: ignore[no-any-return]
+
+
+def decoders() -> None:
+    """Per-phase boxes and phase-coloured centres: a U-Net and a transposed convolution."""
+    image = sample_image(SHAPE[1:])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rfest.NonUniformWarning)
+        unet = rfest.compute(UNet(), SHAPE)
+        tconv = rfest.compute(
+            torch.nn.Sequential(
+                torch.nn.Conv2d(3, 4, 3, stride=4, padding=1),
+                torch.nn.ConvTranspose2d(4, 1, 3, stride=2, padding=1, output_padding=1),
+            ),
+            SHAPE,
+        )
+    save(plot_rf_grid(unet, image), "unet_grid.png")
+    save(plot_rf_grid(tconv, image), "tconv_grid.png")
+
+
 def main() -> None:
     geometry()
+    decoders()
     net = receptivefield_readme_net()
     fields = rfest.compute(net, SHAPE, output=["conv2", "pool2", "feature_grid"])
     image = sample_image(SHAPE[1:])

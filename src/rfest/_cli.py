@@ -325,9 +325,27 @@ def _text(fields: dict[str, ReceptiveField], seconds: float) -> str:
         if rf.grown:
             lines.append(f"  {'probed':<8}{rf.probe_shape} (grown: the field exceeds the input)")
         if not rf.uniform:
-            lines.append("  non-uniform: units differ; size is the largest seen")
+            lines.extend(_periodic_lines(rf))
     lines.append(f"({seconds:.1f} s)")
     return "\n".join(lines)
+
+
+def _periodic_lines(rf: ReceptiveField) -> list[str]:
+    """What a non-uniform field's numbers mean, and its phases where rfest measured them."""
+    if rf.pattern is None or rf.period is None:
+        return ["  non-uniform: units differ; size is the largest seen"]
+    lines = [
+        "  non-uniform: size is the largest phase's, stride the mean rounded, padding and "
+        "offset unit 0's",
+        f"  {'period':<8}{rf.period} units, {rf.period_step} input pixels on "
+        f"(stride {', '.join(str(f) for f in rf.stride_fraction or ())})",
+    ]
+    for axis, phases in enumerate(rf.phases or ()):
+        if phases is not None and len(phases) > 1:
+            described = ", ".join(f"{p.size}@{p.start}" for p in phases)
+            lines.append(f"  axis {axis}: phase size@start {described}")
+    lines.append("  (unit k*period + r sees k*step + start ... + size - 1; rf.box(unit) is exact)")
+    return lines
 
 
 def _save_grids(fields: dict[str, ReceptiveField], path: str) -> None:

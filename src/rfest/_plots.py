@@ -202,6 +202,12 @@ def plot_rf_grid(
         top-left (0, 0) (-1.5, -1.5)
         centre (2, 2) (2.5, 2.5)
         bottom-right (3, 3) (4.5, 4.5)
+
+    A non-uniform output (upsampling, transposed convolutions: ``rf.period`` above 1)
+    has no single centre box: the units of one period near the middle get one box each,
+    a colour per phase (labelled ``"phase (r0, r1) unit (i, j)"``; at most
+    ``_MAX_PHASE_BOXES``, the diagonal phases beyond), and every unit's centre dot takes
+    its phase's colour, so the checkerboard of a transposed convolution shows.
     """
     _check_2d(rf)
     if image is None:
@@ -371,19 +377,60 @@ def _draw_grid(axes: Axes, rf: ReceptiveField, image: np.ndarray) -> None:
         [rf.center((int(i), int(j))) for i, j in zip(rows.flat, cols.flat, strict=True)]
     )
     dot = float(np.clip(4000.0 / len(centres), 1.0, 12.0))
-    axes.scatter(centres[:, 1], centres[:, 0], s=dot, color=_DOT_COLOR, label="centres", zorder=3)
-    units = {
-        "top-left": (0, 0),
-        "centre": (m0 // 2, m1 // 2),
-        "bottom-right": (m0 - 1, m1 - 1),
-    }
+    period = rf.period if rf.pattern is not None else None
+    if period is not None and period[0] is not None and period[1] is not None:
+        p0, p1 = period[0], period[1]
+        phase_colors = _phase_colors(p0 * p1)
+        colors = [phase_colors[(i % p0) * p1 + j % p1] for i, j in zip(rows.flat, cols.flat)]
+        axes.scatter(centres[:, 1], centres[:, 0], s=dot, c=colors, label="centres", zorder=3)
+        _draw_phase_boxes(axes, rf, (p0, p1), phase_colors)
+        units = {"top-left": (0, 0), "bottom-right": (m0 - 1, m1 - 1)}
+    else:
+        axes.scatter(
+            centres[:, 1], centres[:, 0], s=dot, color=_DOT_COLOR, label="centres", zorder=3
+        )
+        units = {
+            "top-left": (0, 0),
+            "centre": (m0 // 2, m1 // 2),
+            "bottom-right": (m0 - 1, m1 - 1),
+        }
     for role, unit in units.items():
         color = GRID_COLORS[role]
         _add_box(axes, rf, unit, color, f"{role} {unit}", linewidth=2.5)
         row, col = rf.center(unit)
         axes.scatter([col], [row], s=60, color=color, zorder=4)
-    axes.legend(loc="upper right", fontsize="small", framealpha=0.8)
+    handles, labels = axes.get_legend_handles_labels()
+    if len(labels) > 8:  # many phases: name the border boxes and the centres only
+        keep = [k for k, label in enumerate(labels) if not label.startswith("phase")]
+        handles, labels = [handles[k] for k in keep], [labels[k] for k in keep]
+    axes.legend(handles, labels, loc="upper right", fontsize="small", framealpha=0.8)
     _frame(axes, rf, tuple(rf.input_shape))
+
+
+_MAX_PHASE_BOXES = 16
+
+
+def _phase_colors(count: int) -> list[Any]:
+    from matplotlib import colormaps
+
+    # Dark2 keeps clear of the red and green of the border boxes.
+    cmap = colormaps["Dark2" if count <= 8 else "hsv"]
+    return [cmap(k if count <= 8 else k / count) for k in range(count)]
+
+
+def _draw_phase_boxes(
+    axes: Axes, rf: ReceptiveField, period: tuple[int, int], colors: list[Any]
+) -> None:
+    """One box per phase for the units of the period nearest the middle of the output."""
+    (m0, m1), (p0, p1) = rf.output_shape, period
+    first = ((m0 // 2) // p0 * p0, (m1 // 2) // p1 * p1)
+    phases = [(r0, r1) for r0 in range(p0) for r1 in range(p1)]
+    if len(phases) > _MAX_PHASE_BOXES:
+        phases = [(k * p0 // _MAX_PHASE_BOXES, k * p1 // _MAX_PHASE_BOXES) for k in range(_MAX_PHASE_BOXES)]
+    for r0, r1 in phases:
+        unit = (min(first[0] + r0, m0 - 1), min(first[1] + r1, m1 - 1))
+        color = colors[r0 * p1 + r1]
+        _add_box(axes, rf, unit, color, f"phase ({r0}, {r1}) unit {unit}", linewidth=1.5)
 
 
 def _add_box(
@@ -429,6 +476,11 @@ def _frame(axes: Axes, rf: ReceptiveField | None, shape: tuple[int, ...]) -> Non
 
 def _grid_title(rf: ReceptiveField, *, short: bool = False) -> str:
     flag = " (non-uniform: largest size)" if not rf.uniform else ""
+    if not rf.uniform and rf.pattern is not None:
+        flag = (
+            f"\nnon-uniform: every {_pair(rf.period)} units, {_pair(rf.period_step)} px on; "
+            f"one box per phase"
+        )
     text = f"size {_pair(rf.size)}, stride {_pair(rf.stride)}, padding {_pair(rf.padding)}"
     if short:
         return text + flag

@@ -53,6 +53,10 @@ class LayerRecord:
     uniform: bool = True
     grown: bool = False
     error: str | None = None
+    period: tuple[int | None, ...] | None = None
+    """Non-uniform fields only: units per repeat along each axis (see `ReceptiveField`)."""
+    period_step: tuple[int | None, ...] | None = None
+    """Non-uniform fields only: input pixels the fields move per repeat, per axis."""
 
     @property
     def status(self) -> str:
@@ -77,6 +81,8 @@ class LayerRecord:
             is_global=rf.is_global,
             uniform=rf.uniform,
             grown=rf.grown,
+            period=None if rf.uniform or rf.pattern is None else rf.period,
+            period_step=None if rf.uniform or rf.pattern is None else rf.period_step,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -143,7 +149,7 @@ class LayerReport:
                 _cell(r.stride),
                 _cell(r.padding),
                 _cell(r.offset),
-                r.status + (" (grown)" if r.grown else ""),
+                r.status + _repeat(r) + (" (grown)" if r.grown else ""),
             )
             for r in self.records
         ]
@@ -296,6 +302,13 @@ def _layer_types(model: Any) -> dict[str, str]:
 
 def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
+
+
+def _repeat(record: LayerRecord) -> str:
+    """How a non-uniform field repeats: ``" (every 4x4 units, 4x4 px on)"``."""
+    if record.period is None:
+        return ""
+    return f" (every {_cell(record.period)} units, {_cell(record.period_step)} px on)"
 
 
 def _cell(values: tuple[Any, ...] | None) -> str:

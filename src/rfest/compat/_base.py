@@ -32,6 +32,11 @@ def describe(rf: ReceptiveField) -> ReceptiveFieldDescription:
     """The old description of a 2-D rfest field: ``(x, y)`` = (columns, rows), and the
     offset with pixel centres at half-integers (rfest's ``offset + 0.5``).
 
+    A non-uniform field (after upsampling or transposed convolutions) has no single size
+    and stride, which this description cannot express: it gets the mean stride exactly
+    (``stride_fraction``, e.g. 0.5 after a final 2x upsampling), the largest phase's size
+    and unit 0's centre. The exact field of each unit is in ``fields[i].box(unit)``.
+
     Example:
         >>> rf = ReceptiveField((34, 30), (4, 2), (0, 1), (16.5, 13.5), (96, 96), (16, 33))
         >>> describe(rf)
@@ -49,6 +54,8 @@ def describe(rf: ReceptiveField) -> ReceptiveFieldDescription:
             f"axes; got size {rf.size}. Use rfest.compute(...) directly"
         )
     (h, w), (sh, sw), (oh, ow) = rf.size, rf.stride, rf.offset
+    if rf.pattern is not None and rf.stride_fraction is not None:
+        sh, sw = rf.stride_fraction  # type: ignore[assignment]
     return ReceptiveFieldDescription(
         offset=(float(ow) + 0.5, float(oh) + 0.5),  # type: ignore[arg-type]
         stride=(float(sw), float(sh)),  # type: ignore[arg-type]
