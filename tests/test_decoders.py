@@ -8,6 +8,7 @@ copy of the network. Periods and steps named in comments are worked by hand.
 from __future__ import annotations
 
 import copy
+import itertools
 import warnings
 from collections.abc import Callable
 from fractions import Fraction
@@ -58,7 +59,9 @@ def conv(i: int, o: int, k: int = 3, **kw: int) -> nn.Conv2d:
 @pytest.mark.parametrize("factor", [2, 4])
 def test_upsampling(mode: str, factor: int) -> None:
     # conv s2 (j2), then up x factor: the pattern repeats every `factor` units, 2 px on.
-    net = nn.Sequential(conv(1, 2, stride=2), nn.Upsample(scale_factor=factor, mode=mode), conv(2, 1))
+    net = nn.Sequential(
+        conv(1, 2, stride=2), nn.Upsample(scale_factor=factor, mode=mode), conv(2, 1)
+    )
     rf = measure(net, (1, 24, 20))
     assert rf.period == (factor, factor) and rf.period_step == (2, 2)
     assert rf.stride_fraction == (Fraction(2, factor),) * 2
@@ -153,7 +156,7 @@ def test_dcgan_generator() -> None:
     # Four transposed k4 s2 p1 with batch norm, ReLU and tanh: x16, one input pixel on.
     layers: list[nn.Module] = []
     widths = [8, 8, 4, 4, 3]
-    for i, (a, b) in enumerate(zip(widths, widths[1:])):
+    for i, (a, b) in enumerate(itertools.pairwise(widths)):
         layers.append(nn.ConvTranspose2d(a, b, 4, 2, 1))
         layers += [nn.BatchNorm2d(b), nn.ReLU()] if i < 3 else [nn.Tanh()]
     rf = measure(nn.Sequential(*layers), (8, 6, 6))
@@ -186,6 +189,9 @@ def test_uniform_axis_beside_a_periodic_one() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", rfest.NonUniformWarning)
         rf = rfest.compute(net, (1, 12, 12))
-    assert rf.period == (1, 2) and rf.pattern is not None and rf.pattern[0] is None
+    assert rf.period == (1, 2) and rf.period_step == (1, 1)
+    assert rf.pattern is not None and rf.pattern[0] == rfest.PhasePattern(
+        1, 1, (rfest.Phase(3, -1),)
+    )
     assert (rf.size[0], rf.stride[0], rf.padding[0]) == (3, 1, 1)  # type: ignore[index]
     check_every_unit(rf, forward_of(net, 1))

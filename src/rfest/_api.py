@@ -122,7 +122,13 @@ def compute(
             warnings.warn(
                 f"output {result.output!r}: units differ in receptive field (upsampling, "
                 f"transposed convolution or mixed-stride branches); size {result.size} is "
-                f"the largest seen and stride {result.stride} an average",
+                f"the largest seen and stride {result.stride} an average"
+                + (
+                    f"; the fields repeat every {result.period} units, {result.period_step} "
+                    f"input pixels on: rf.phases and rf.box(unit) give each unit's exact field"
+                    if result.pattern is not None
+                    else ""
+                ),
                 NonUniformWarning,
                 stacklevel=2,
             )

@@ -152,9 +152,7 @@ def confirm_periodic(
     supports = _gradient_supports(
         provider, output_name, _with(base, axis, n), [_with(middle, axis, u) for u in run], axis
     )
-    return all(
-        (s.lo, s.hi + 1) == pattern.box(u) for u, s in zip(run, supports, strict=True)
-    )
+    return all((s.lo, s.hi + 1) == pattern.box(u) for u, s in zip(run, supports, strict=True))
 
 
 def _spare(box: tuple[int, int], n: int) -> bool:
@@ -237,11 +235,19 @@ def _check_growth(
 
 def with_patterns(rf: ReceptiveField, axes: Sequence[AxisGeometry]) -> ReceptiveField:
     """``rf`` carrying the phase patterns of its periodic axes (unchanged when none)."""
-    patterns = tuple(a.pattern if isinstance(a, PeriodicGeometry) else None for a in axes)
-    if all(p is None for p in patterns) or rf.offset is None:
+    if rf.offset is None or not any(isinstance(a, PeriodicGeometry) for a in axes):
         return rf
+    patterns = tuple(_axis_pattern(a) for a in axes)
     offsets = tuple(
         (2 * p.phases[0].start + p.phases[0].size - 1) / 2 if p is not None else o
         for p, o in zip(patterns, rf.offset, strict=True)
-    )
+    )  # unit 0's centre; unchanged on uniform axes
     return dataclasses.replace(rf, pattern=patterns, offset=offsets)
+
+
+def _axis_pattern(axis: AxisGeometry) -> PhasePattern | None:
+    if isinstance(axis, PeriodicGeometry):
+        return axis.pattern
+    if not axis.uniform or axis.size is None or axis.stride is None or axis.padding is None:
+        return None  # global, or units that differ without a period
+    return PhasePattern(1, axis.stride, (Phase(axis.size, -axis.padding),))

@@ -381,7 +381,8 @@ def _draw_grid(axes: Axes, rf: ReceptiveField, image: np.ndarray) -> None:
     if period is not None and period[0] is not None and period[1] is not None:
         p0, p1 = period[0], period[1]
         phase_colors = _phase_colors(p0 * p1)
-        colors = [phase_colors[(i % p0) * p1 + j % p1] for i, j in zip(rows.flat, cols.flat)]
+        phase = (rows % p0) * p1 + cols % p1
+        colors = [phase_colors[k] for k in phase.flat]
         axes.scatter(centres[:, 1], centres[:, 0], s=dot, c=colors, label="centres", zorder=3)
         _draw_phase_boxes(axes, rf, (p0, p1), phase_colors)
         units = {"top-left": (0, 0), "bottom-right": (m0 - 1, m1 - 1)}
@@ -426,7 +427,10 @@ def _draw_phase_boxes(
     first = ((m0 // 2) // p0 * p0, (m1 // 2) // p1 * p1)
     phases = [(r0, r1) for r0 in range(p0) for r1 in range(p1)]
     if len(phases) > _MAX_PHASE_BOXES:
-        phases = [(k * p0 // _MAX_PHASE_BOXES, k * p1 // _MAX_PHASE_BOXES) for k in range(_MAX_PHASE_BOXES)]
+        phases = [
+            (k * p0 // _MAX_PHASE_BOXES, k * p1 // _MAX_PHASE_BOXES)
+            for k in range(_MAX_PHASE_BOXES)
+        ]
     for r0, r1 in phases:
         unit = (min(first[0] + r0, m0 - 1), min(first[1] + r1, m1 - 1))
         color = colors[r0 * p1 + r1]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from fractions import Fraction
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = ["Phase", "PhasePattern", "ReceptiveField"]
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -69,9 +71,11 @@ class ReceptiveField:
     2x upsampling). ``box`` and ``center`` are exact for every unit, uniform or not.
     ``size`` is then the largest phase's, ``stride`` the mean stride rounded (at least
     1), and ``padding``/``offset`` those of unit 0. A uniform axis is the pattern of
-    period 1, so these properties read the same for every output. ``clipped`` says which
-    units' fields run past the input (the part outside is padding, which 'same'-style
-    layers fill with zeros: such a unit sees only the part inside).
+    period 1, so these properties read the same for every output; they are None on an
+    axis whose units differ without repeating (mixed-stride branches), where ``box`` is
+    then only the largest field placed by the mean stride. ``clipped`` says which units'
+    fields run past the input: such a unit, near a border, sees only part of its box
+    (the rest is padding).
 
     Example:
         >>> rf = ReceptiveField(size=(3,), stride=(1,), padding=(1,), offset=(0.0,),
@@ -93,7 +97,8 @@ class ReceptiveField:
     probe_shape: tuple[int, ...] | None = None
     output: str | None = None
     pattern: tuple[PhasePattern | None, ...] | None = None
-    """Per axis, the measured phase pattern of a non-uniform axis (None: uniform axis)."""
+    """Non-uniform results: per axis, the measured pattern (period 1 on a uniform axis;
+    None where the axis is global or its units differ without repeating)."""
 
     @property
     def ndim(self) -> int:
@@ -205,6 +210,8 @@ class ReceptiveField:
         """
         if self.is_global or self.size is None or self.stride is None or self.padding is None:
             return None
+        if self.pattern is not None or not self.uniform:
+            return self.pattern or (None,) * self.ndim
         result: list[PhasePattern | None] = []
         for axis, (size, stride, padding) in enumerate(
             zip(self.size, self.stride, self.padding, strict=True)
@@ -215,7 +222,7 @@ class ReceptiveField:
             result.append(pattern)
         return tuple(result)
 
-    def _per_axis(self, read: Any) -> Any:
+    def _per_axis(self, read: Callable[[PhasePattern], _T]) -> tuple[_T | None, ...] | None:
         patterns = self.patterns()
         if patterns is None:
             return None
