@@ -15,8 +15,9 @@ near the middle, probed in one batched gradient call, with the estimator's care:
   pattern is seen repeating twice before it is believed; runs double (up to periods
   of ``_MAX_PERIOD``) when they show no period;
 - the probe input grows (when too few units lie wholly inside) by multiples of ``Q``
-  once a period is in sight, so the geometry of the size the user gave is kept, and the
-  output must gain exactly ``P`` units per ``Q`` pixels of input.
+  once a period is in sight, so the geometry of the size the user gave is kept; a
+  pattern measured on a grown probe counts only if the output gains exactly ``P`` units
+  per ``Q`` pixels of input (resizing to a fixed size does not).
 
 When no period is found the caller keeps its non-uniform answer (largest size seen).
 """
@@ -28,7 +29,6 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from rfest._errors import SizeDependentGeometryError
 from rfest._estimate import (
     AxisGeometry,
     _gradient_supports,
@@ -44,6 +44,7 @@ __all__ = ["PeriodicGeometry", "confirm_periodic", "measure_periodic", "with_pat
 _FIRST_RUN = 24  # every phase of a period up to 8 seen three times
 _MAX_PERIOD = 64
 _GROWTH = 64  # growth step before any period is in sight (a multiple of 2^k strides)
+_MAX_PROBES = 16
 
 
 @dataclass(frozen=True)
@@ -99,15 +100,18 @@ def measure_periodic(
     n0, m0 = base[axis], base_out[axis]
     cap = max(max_input_size, n0)
     n, m, length = n0, m0, _FIRST_RUN
-    while True:
+    for _ in range(_MAX_PROBES):
         run = _unclipped_run(provider, output_name, base, base_out, axis, n, m, length)
         found = run.period(repeats=3) if run is not None else None
         if found is not None and run is not None:
             p, q = found
             if (n - n0) % q == 0:
-                _check_growth(provider, output_name, base, axis, m0, p, q)
+                if n != n0 and not _grows_by_period(provider, output_name, base, axis, m0, p, q):
+                    return None  # measured at another size than the user's, which differs
                 return _geometry(run.pattern(p, q), n)
             n = n0 + math.ceil((n - n0) / q) * q  # re-probe at a size that keeps the geometry
+            if n > cap:
+                return None
         elif run is not None and len(run.los) >= length and length < min(m, 3 * _MAX_PERIOD):
             length = min(2 * length, m, 3 * _MAX_PERIOD)  # all inside: look for a longer period
             continue
@@ -118,6 +122,7 @@ def measure_periodic(
                 return None
             n = min(n0 + max(1, math.ceil((2 * n - n0) / growth)) * growth, cap)
         m = _output_len(provider, output_name, base, axis, n)
+    return None
 
 
 def confirm_periodic(
@@ -211,7 +216,7 @@ def _geometry(pattern: PhasePattern, n: int) -> AxisGeometry:
     )
 
 
-def _check_growth(
+def _grows_by_period(
     provider: GradientProvider,
     output_name: str,
     base: tuple[int, ...],
@@ -219,18 +224,14 @@ def _check_growth(
     m0: int,
     period: int,
     step: int,
-) -> None:
-    """Fields that repeat every ``period`` units, ``step`` pixels on, gain that many units."""
+) -> bool:
+    """Fields that repeat every ``period`` units, ``step`` pixels on, gain that many units.
+
+    Otherwise (resizing to a fixed size) a pattern measured on a grown probe need not hold
+    at the user's size.
+    """
     n0 = base[axis]
-    m1 = _output_len(provider, output_name, base, axis, n0 + step)
-    if m1 != m0 + period:
-        raise SizeDependentGeometryError(
-            f"output {output_name!r} has {m0} units along axis {axis} at input size {n0} and "
-            f"{m1} at size {n0 + step}; fields that repeat every {period} units, {step} input "
-            f"pixels on, mean {period} more units. The output does not grow with the input "
-            f"(resizing to a fixed size?), so its units' fields depend on the input size. "
-            f"Measure an output before that layer"
-        )
+    return _output_len(provider, output_name, base, axis, n0 + step) == m0 + period
 
 
 def with_patterns(rf: ReceptiveField, axes: Sequence[AxisGeometry]) -> ReceptiveField:
