@@ -14,16 +14,16 @@ if importlib.util.find_spec("torch") is None:
     collect_ignore_glob += [
         "src/rfest_torch/*",
         "src/rfest/_api.py",
-        "src/rfest/_effective.py",
-        "src/rfest/_plots.py",
+        "src/rfest/_effective/_analysis.py",
+        "src/rfest/_gradient.py",
+        "src/rfest/_plots/_fields.py",
         "src/rfest/_report.py",
         "src/rfest/compat/pytorch.py",
     ]
 if importlib.util.find_spec("matplotlib") is None:
     collect_ignore_glob += [
-        "src/rfest/_plots.py",
+        "src/rfest/_plots/*",
         "src/rfest/_image.py",
-        "src/rfest/_erf_plot.py",
         "src/rfest/compat/*",
     ]
 if importlib.util.find_spec("keras") is None:

@@ -20,8 +20,7 @@ import numpy as np
 import pytest
 
 import rfest
-from rfest._effective import effective
-from rfest._erf_result import EffectiveField
+from rfest import EffectiveField, effective
 from rfest._errors import BackendError, RFEstError
 from rfest._protocol import InputGradientProvider
 from rfest._registry import load_backend, make_provider

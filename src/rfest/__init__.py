@@ -1,9 +1,13 @@
 """rfest: exact receptive fields of convolutional networks, from gradients, in any framework."""
 
 from rfest._api import compute
-from rfest._effective import TheoreticalFieldWarning, effective
-from rfest._erf_result import EffectiveField
-from rfest._erf_stats import HeatmapStatistics, heatmap_statistics
+from rfest._effective import (
+    EffectiveField,
+    HeatmapStatistics,
+    TheoreticalFieldWarning,
+    effective,
+    heatmap_statistics,
+)
 from rfest._errors import (
     BackendError,
     BackendLoadError,
@@ -22,9 +26,9 @@ from rfest._errors import (
     UnknownBackendError,
     UnrecognizedModelError,
 )
+from rfest._gradient import gradient_map
 from rfest._image import sample_image
 from rfest._plots import (
-    gradient_map,
     plot_gradient_map,
     plot_rf_grid,
     plot_rf_grids,

@@ -15,7 +15,7 @@ import numpy as np
 
 import rfest._api
 from rfest._errors import OutputNotFoundError
-from rfest._plots import gradient_map
+from rfest._gradient import gradient_map
 from rfest._result import ReceptiveField
 from rfest.compat._base import CompatReceptiveField
 from rfest.compat.types import FeatureMapDescription, GridShape, ImageShape

@@ -21,9 +21,9 @@ from typing import Any, TextIO
 import numpy as np
 
 from rfest._api import compute
-from rfest._erf_result import EffectiveField
-from rfest._erf_stats import DEFAULT_FRACTIONS, heatmap_statistics
-from rfest._erf_tokens import TokenGrid, torch_token_grid_model
+from rfest._effective._result import EffectiveField
+from rfest._effective._stats import DEFAULT_FRACTIONS, heatmap_statistics
+from rfest._effective._tokens import TokenGrid, torch_token_grid_model
 from rfest._errors import (
     BackendError,
     EstimationError,
