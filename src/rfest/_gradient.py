@@ -7,10 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from rfest._errors import OutputNotFoundError
-from rfest._estimate import DEFAULT_FREE_SIZE
-from rfest._registry import detect_backend, make_provider
-from rfest._units import resolve_unit
+from rfest._options import Dtype, ProbeOptions, check_single_output
+from rfest._session import Session
 
 __all__ = ["gradient_map"]
 
@@ -22,7 +20,7 @@ def gradient_map(
     unit: int | Sequence[int] | None = None,
     backend: str | None = None,
     output: str | None = None,
-    dtype: str = "float64",
+    dtype: Dtype = "float64",
     linearize: bool = True,
     **backend_options: Any,
 ) -> np.ndarray:
@@ -55,24 +53,19 @@ def gradient_map(
         ...              for a in (1, 0)]
         ((10, 10), [(0, 3), (6, 9)])
     """
-    if output is not None and not isinstance(output, str):
-        raise OutputNotFoundError(
-            f"output={output!r}: gradient_map takes one output name (or None), not a list"
-        )
-    name = backend if backend is not None else detect_backend(model)
-    provider = make_provider(
-        name,
+    options = ProbeOptions.check(dtype=dtype, linearize=linearize)
+    output = check_single_output(output, "gradient_map")
+    session = Session(
         model,
-        input_shape=input_shape,
-        output=output,
-        dtype=dtype,
-        linearize=linearize,
-        **backend_options,
+        input_shape,
+        backend=backend,
+        options=options,
+        backend_options=backend_options,
     )
-    output_name = provider.output_names[0]
-    spatial = tuple(DEFAULT_FREE_SIZE if n is None else int(n) for n in provider.spatial_shape)
-    out_shape = tuple(int(m) for m in provider.output_shapes(spatial)[output_name])
-    index = resolve_unit(unit, out_shape)
-    maps = np.asarray(provider.gradient_maps(spatial, output_name, [index]), dtype=np.float64)
-    result: np.ndarray = maps[0]
-    return result
+    return session.gradient_map(check_single_output(output, "gradient_map"), _unit_or_none(unit))
+
+
+def _unit_or_none(unit: int | Sequence[int] | None) -> tuple[int, ...] | None:
+    if unit is None:
+        return None
+    return (unit,) if isinstance(unit, int | np.integer) else tuple(unit)
