@@ -20,6 +20,7 @@ from rfest._errors import (
     NonUniformWarning,
     OptionError,
     OutputNotFoundError,
+    OutputShapeError,
     ProbeSizeError,
     RFEstError,
     SizeDependentGeometryError,
@@ -34,7 +35,12 @@ from rfest._plots import (
     plot_rf_grids,
     plot_rf_growth,
 )
-from rfest._protocol import GradientProvider, InputGradientProvider, LayerListingProvider
+from rfest._protocol import (
+    GradientProvider,
+    InputGradientProvider,
+    LayerListingProvider,
+    TokenGridProvider,
+)
 from rfest._registry import available_backends, register_backend
 from rfest._report import LayerRecord, LayerReport, report
 from rfest._result import ReceptiveField
@@ -60,11 +66,13 @@ __all__ = [
     "NonUniformWarning",
     "OptionError",
     "OutputNotFoundError",
+    "OutputShapeError",
     "ProbeSizeError",
     "RFEstError",
     "ReceptiveField",
     "SizeDependentGeometryError",
     "TheoreticalFieldWarning",
+    "TokenGridProvider",
     "UnknownBackendError",
     "UnrecognizedModelError",
     "available_backends",

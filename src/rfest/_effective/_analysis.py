@@ -23,7 +23,6 @@ import numpy as np
 from rfest._api import fields_of
 from rfest._effective._result import EffectiveField
 from rfest._effective._stats import DEFAULT_FRACTIONS, heatmap_statistics
-from rfest._effective._tokens import TokenGrid, torch_token_grid_model
 from rfest._errors import (
     BackendError,
     EstimationError,
@@ -31,6 +30,7 @@ from rfest._errors import (
     ModelCallError,
     NonFiniteGradientError,
     NonUniformWarning,
+    OutputShapeError,
     RFEstError,
 )
 from rfest._options import (
@@ -43,9 +43,10 @@ from rfest._options import (
     check_flag,
     check_single_output,
 )
-from rfest._protocol import InputGradientProvider
+from rfest._protocol import InputGradientProvider, TokenGridProvider
 from rfest._result import ReceptiveField
 from rfest._session import Session
+from rfest.kit._tokens import TokenGrid
 
 __all__ = ["DEFAULT_RANDOM_IMAGES", "TheoreticalFieldWarning", "effective"]
 
@@ -155,12 +156,21 @@ def effective(
     )
     name = session.backend
     layout = TokenGrid.of(token_grid, prefix_tokens) if token_grid is not None else None
-    wrapped = layout is not None and name == "torch"
+    provider = session.provider(output, linearize=False)
+    provider_output = output
+    wrapped = layout is not None and isinstance(provider, TokenGridProvider)
     if wrapped:
         assert layout is not None
-        session.model = torch_token_grid_model(model, output, layout, sample[1:])
-    provider_output = None if wrapped else output
-    provider = session.provider(provider_output, linearize=False)
+        assert isinstance(provider, TokenGridProvider)
+        session = Session(
+            provider.token_grid_model(layout),
+            sample,
+            backend=name,
+            options=probe,
+            backend_options=backend_options,
+        )
+        provider_output = None
+        provider = session.provider(None, linearize=False)
     if not isinstance(provider, InputGradientProvider):
         raise BackendError(
             f"the rfest backend {name!r} cannot differentiate at given inputs (its provider "
@@ -176,10 +186,10 @@ def effective(
     spatial = tuple(int(s) for s in reported if s is not None)
     try:
         output_shape = tuple(provider.output_shapes(spatial)[output_name])
-    except RFEstError as exc:
-        if layout is not None or type(exc) is not RFEstError:
+    except OutputShapeError as exc:
+        if layout is not None:
             raise
-        raise InputShapeError(
+        raise OutputShapeError(
             f"{exc}. If the output is a token sequence (batch, tokens, channels), pass "
             f"token_grid=(patch grid shape) and prefix_tokens=(tokens before the patches)"
         ) from exc
