@@ -53,21 +53,21 @@ def test_the_sample_plugin_is_found_through_its_entry_point(sample_plugin: None)
 
 
 @pytest.mark.torch
-@pytest.mark.skipif(not _has("torch"), reason="needs PyTorch")
+@pytest.mark.skipif(not _has("torch"), reason="framework missing: torch")
 @pytest.mark.parametrize("check", rfest.testing.checks(TorchBackend()), ids=str)
 def test_torch(check: rfest.testing.Check) -> None:
     check()
 
 
 @pytest.mark.keras
-@pytest.mark.skipif(not _has("keras", "rfest_keras"), reason="needs Keras 3")
+@pytest.mark.skipif(not _has("keras", "rfest_keras"), reason="framework missing: keras")
 @pytest.mark.parametrize("check", rfest.testing.checks(KerasBackend()), ids=str)
 def test_keras(check: rfest.testing.Check) -> None:
     check()
 
 
 @pytest.mark.jax
-@pytest.mark.skipif(not _has("jax", "flax"), reason="needs JAX and Flax")
+@pytest.mark.skipif(not _has("jax", "flax"), reason="framework missing: jax")
 @pytest.mark.parametrize("check", rfest.testing.checks(JaxBackend()), ids=str)
 def test_jax(check: rfest.testing.Check) -> None:
     check()
