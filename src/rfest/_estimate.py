@@ -31,8 +31,9 @@ from rfest._errors import (
     RFEstError,
     SizeDependentGeometryError,
 )
+from rfest._periodic import confirm_periodic, measure_periodic, summary, with_patterns
 from rfest._protocol import GradientProvider
-from rfest._result import ReceptiveField
+from rfest._result import PhasePattern, ReceptiveField
 from rfest._support import Interval, axis_supports
 
 __all__ = ["DEFAULT_FREE_SIZE", "DEFAULT_MAX_INPUT_SIZE", "AxisGeometry", "estimate"]
@@ -60,6 +61,7 @@ class AxisGeometry:
     padding: int | None
     uniform: bool
     probe_size: int
+    pattern: PhasePattern | None = None  # a non-uniform axis whose units repeat
 
 
 @dataclass(frozen=True)
@@ -154,8 +156,6 @@ def estimate(
         axes = _measure_axes_thin_first(
             provider, scout or provider, output_name, base, out_shape, max_input_size
         )
-    from rfest._periodic import with_patterns  # imports this module
-
     return with_patterns(_result(output_name, base, out_shape, axes), axes)
 
 
@@ -275,10 +275,9 @@ def _confirmed(
     geometry: AxisGeometry,
 ) -> bool:
     """The predicted unit's support along ``axis`` at the user's size in the other axes."""
-    from rfest._periodic import PeriodicGeometry, confirm_periodic  # imports this module
-
-    if isinstance(geometry, PeriodicGeometry):
-        return confirm_periodic(provider, output_name, base, base_out, axis, geometry)
+    if geometry.pattern is not None:
+        prober = _AxisProber(provider, output_name, base, base_out, axis)
+        return confirm_periodic(prober, geometry.pattern, geometry.probe_size)
     check = _check(base[axis], base_out[axis], geometry)
     if check is None:
         return False
@@ -453,12 +452,10 @@ def _measure_axis(
             if stride is not None and (n - n0) % stride.value == 0:
                 fit = _fit(probe, stride)
                 if fit is not None and not fit.uniform:
-                    from rfest._periodic import measure_periodic  # imports this module
-
-                    periodic = measure_periodic(
-                        provider, output_name, base, base_out, axis, max_input_size
+                    fit = (
+                        _periodic_fit(provider, output_name, base, base_out, axis, max_input_size)
+                        or fit
                     )
-                    fit = periodic or fit
                 if fit is not None:
                     _check_growth(provider, output_name, base, axis, base_out[axis], fit)
                     return fit
@@ -608,3 +605,56 @@ def _output_len(
 
 def _with(shape: tuple[int, ...], axis: int, value: int) -> tuple[int, ...]:
     return (*shape[:axis], value, *shape[axis + 1 :])
+
+
+def _periodic_fit(
+    provider: GradientProvider,
+    output_name: str,
+    base: tuple[int, ...],
+    base_out: tuple[int, ...],
+    axis: int,
+    max_input_size: int,
+) -> AxisGeometry | None:
+    """Units that differ: their period and phases (`rfest._periodic`), if they repeat."""
+    prober = _AxisProber(provider, output_name, base, base_out, axis)
+    found = measure_periodic(prober, base_out[axis], max_input_size)
+    if found is None:
+        return None
+    pattern, n = found
+    size, stride, padding = summary(pattern)
+    if pattern.period == 1:
+        return AxisGeometry(size, stride, padding, True, n)
+    return AxisGeometry(size, stride, padding, False, n, pattern)
+
+
+@dataclass(frozen=True)
+class _AxisProber:
+    """This module's probing along one axis, for `rfest._periodic` (an ``AxisProber``)."""
+
+    provider: GradientProvider
+    output_name: str
+    base: tuple[int, ...]
+    base_out: tuple[int, ...]
+    axis: int
+
+    @property
+    def size(self) -> int:
+        return self.base[self.axis]
+
+    def output_len(self, n: int) -> int:
+        return _output_len(self.provider, self.output_name, self.base, self.axis, n)
+
+    def probe(self, n: int, units: Sequence[int]) -> _Probe:
+        m = self.output_len(n)
+        along = tuple(sorted({*units, 0, 1, m - 2, m - 1} & set(range(m))))
+        return _Probe(n, m, along, tuple(self.supports(n, along)))
+
+    def supports(self, n: int, units: Sequence[int]) -> list[Interval]:
+        middle = tuple(size // 2 for size in self.base_out)
+        return _gradient_supports(
+            self.provider,
+            self.output_name,
+            _with(self.base, self.axis, n),
+            [_with(middle, self.axis, i) for i in units],
+            self.axis,
+        )

@@ -1,10 +1,12 @@
 """Periodic fields: the exact field of every unit after upsampling or transposed convolutions.
 
-Framework-blind, like the estimator it extends, whose probing helpers it reuses. Along an
-axis where units differ, their fields repeat: every ``P`` units they move ``Q`` input
-pixels, and each phase ``r`` of ``0..P-1`` has its own size and start. This module
-measures ``P``, ``Q`` and every phase from the supports of a run of neighbouring units
-near the middle, probed in one batched gradient call, with the estimator's care:
+Framework-blind, like the estimator that calls it, and probing through it: the estimator
+hands over an `AxisProber` for one axis (its own probing, support reading and clipping
+rule), so both measurements read supports the same way. Along an axis where units differ,
+their fields repeat: every ``P`` units they move ``Q`` input pixels, and each phase ``r``
+of ``0..P-1`` has its own size and start. This module measures ``P``, ``Q`` and every
+phase from the supports of a run of neighbouring units near the middle, probed in one
+batched gradient call, with the estimator's care:
 
 - only supports that cannot be clipped enter the fit (an end further from the reachable
   input border than the widest hole; the units at both ends are probed to find those
@@ -17,7 +19,9 @@ near the middle, probed in one batched gradient call, with the estimator's care:
 - the probe input grows (when too few units lie wholly inside) by multiples of ``Q``
   once a period is in sight, so the geometry of the size the user gave is kept; a
   pattern measured on a grown probe counts only if the output gains exactly ``P`` units
-  per ``Q`` pixels of input (resizing to a fixed size does not).
+  per ``Q`` pixels of input (resizing to a fixed size does not);
+- a pattern measured by a cheaper provider (thin, float32) is confirmed at full width:
+  three periods in a row of units predicted inside must show exactly their support.
 
 When no period is found the caller keeps its non-uniform answer (largest size seen).
 """
@@ -28,18 +32,20 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
-from rfest._estimate import (
-    AxisGeometry,
-    _gradient_supports,
-    _output_len,
-    _Probe,
-    _with,
-)
-from rfest._protocol import GradientProvider
 from rfest._result import Phase, PhasePattern, ReceptiveField
+from rfest._support import Interval
 
-__all__ = ["PeriodicGeometry", "confirm_periodic", "measure_periodic", "with_patterns"]
+__all__ = [
+    "AxisLike",
+    "AxisProber",
+    "ExactEnds",
+    "confirm_periodic",
+    "measure_periodic",
+    "summary",
+    "with_patterns",
+]
 
 _FIRST_RUN = 24  # every phase of a period up to 8 seen three times
 _MAX_PERIOD = 64
@@ -47,11 +53,49 @@ _GROWTH = 64  # growth step before any period is in sight (a multiple of 2^k str
 _MAX_PROBES = 16
 
 
-@dataclass(frozen=True)
-class PeriodicGeometry(AxisGeometry):
-    """An axis whose units repeat with a period; the base fields read as a non-uniform fit."""
+class ExactEnds(Protocol):
+    """Starts and ends, by unit, that cannot be clipped by the input's borders."""
 
-    pattern: PhasePattern
+    def exact_starts(self) -> dict[int, int]: ...
+
+    def exact_ends(self) -> dict[int, int]: ...
+
+
+class AxisProber(Protocol):
+    """The estimator's probing along one axis, at the user's size in the other axes.
+
+    ``probe(n, units)`` probes ``units`` (and the units at both ends, which show where
+    the reachable input ends) at size ``n`` along the axis; ``supports(n, units)`` the
+    plain supports of ``units``; ``output_len(n)`` the output's length along the axis.
+    """
+
+    @property
+    def size(self) -> int: ...
+
+    def output_len(self, n: int) -> int: ...
+
+    def probe(self, n: int, units: Sequence[int]) -> ExactEnds: ...
+
+    def supports(self, n: int, units: Sequence[int]) -> Sequence[Interval]: ...
+
+
+class AxisLike(Protocol):
+    """What `with_patterns` reads of the estimator's per-axis geometry."""
+
+    @property
+    def size(self) -> int | None: ...
+
+    @property
+    def stride(self) -> int | None: ...
+
+    @property
+    def padding(self) -> int | None: ...
+
+    @property
+    def uniform(self) -> bool: ...
+
+    @property
+    def pattern(self) -> PhasePattern | None: ...
 
 
 @dataclass(frozen=True)
@@ -86,29 +130,25 @@ class _Run:
 
 
 def measure_periodic(
-    provider: GradientProvider,
-    output_name: str,
-    base: tuple[int, ...],
-    base_out: tuple[int, ...],
-    axis: int,
-    max_input_size: int,
-) -> AxisGeometry | None:
-    """Period, step and phases along ``axis``; None when the units show no period.
+    prober: AxisProber, m0: int, max_input_size: int
+) -> tuple[PhasePattern, int] | None:
+    """The phase pattern along the prober's axis and the probe size it was measured at.
 
-    A period of 1 is a uniform field: it is returned as a plain uniform geometry.
+    ``m0`` is the output's length at the user's size. None when the units show no
+    period. A period of 1 is a uniform field.
     """
-    n0, m0 = base[axis], base_out[axis]
+    n0 = prober.size
     cap = max(max_input_size, n0)
     n, m, length = n0, m0, _FIRST_RUN
     for _ in range(_MAX_PROBES):
-        run = _unclipped_run(provider, output_name, base, base_out, axis, n, m, length)
+        run = _unclipped_run(prober, n, m, length)
         found = run.period(repeats=3) if run is not None else None
         if found is not None and run is not None:
             p, q = found
             if (n - n0) % q == 0:
-                if n != n0 and not _grows_by_period(provider, output_name, base, axis, m0, p, q):
+                if n != n0 and prober.output_len(n0 + q) != m0 + p:
                     return None  # measured at another size than the user's, which differs
-                return _geometry(run.pattern(p, q), n)
+                return run.pattern(p, q), n
             n = n0 + math.ceil((n - n0) / q) * q  # re-probe at a size that keeps the geometry
             if n > cap:
                 return None
@@ -121,30 +161,31 @@ def measure_periodic(
             if n >= cap:
                 return None
             n = min(n0 + max(1, math.ceil((2 * n - n0) / growth)) * growth, cap)
-        m = _output_len(provider, output_name, base, axis, n)
+        m = prober.output_len(n)
     return None
 
 
-def confirm_periodic(
-    provider: GradientProvider,
-    output_name: str,
-    base: tuple[int, ...],
-    base_out: tuple[int, ...],
-    axis: int,
-    geometry: PeriodicGeometry,
-) -> bool:
-    """Every phase, three periods in a row, shows exactly its predicted support.
+def summary(pattern: PhasePattern) -> tuple[int, int, int]:
+    """``(size, stride, padding)`` read as today's fields: the largest phase's size, the
+    mean stride rounded (at least 1), unit 0's padding."""
+    return (
+        max(phase.size for phase in pattern.phases),
+        max(1, round(pattern.stride)),
+        -pattern.phases[0].start,
+    )
 
-    ``geometry`` was measured by a cheaper provider (float32, thin in the other axes,
-    which can only hide gradient); ``provider`` probes, at the user's size in the other
+
+def confirm_periodic(prober: AxisProber, pattern: PhasePattern, n: int) -> bool:
+    """Every phase, three periods in a row, shows exactly its predicted support at size ``n``.
+
+    The pattern was measured by a cheaper provider (float32, thin in the other axes,
+    which can only hide gradient); ``prober`` probes, at the user's size in the other
     axes, the run of units nearest the middle whose predicted fields lie inside the input
     with a pixel to spare on both sides.
     """
-    pattern, n = geometry.pattern, geometry.probe_size
-    units = _output_len(provider, output_name, base, axis, n)
+    units = prober.output_len(n)
     inside = [u for u in range(units) if _spare(pattern.box(u), n)]
     length = 3 * pattern.period
-    middle_unit = units // 2
     runs = [
         inside[i : i + length]
         for i in range(len(inside) - length + 1)
@@ -152,11 +193,8 @@ def confirm_periodic(
     ]
     if not runs:
         return False
-    run = min(runs, key=lambda r: abs(r[length // 2] - middle_unit))
-    middle = tuple(size // 2 for size in base_out)
-    supports = _gradient_supports(
-        provider, output_name, _with(base, axis, n), [_with(middle, axis, u) for u in run], axis
-    )
+    run = min(runs, key=lambda r: abs(r[length // 2] - units // 2))
+    supports = prober.supports(n, run)
     return all((s.lo, s.hi + 1) == pattern.box(u) for u, s in zip(run, supports, strict=True))
 
 
@@ -164,29 +202,11 @@ def _spare(box: tuple[int, int], n: int) -> bool:
     return box[0] >= 1 and box[1] <= n - 1
 
 
-def _unclipped_run(
-    provider: GradientProvider,
-    output_name: str,
-    base: tuple[int, ...],
-    base_out: tuple[int, ...],
-    axis: int,
-    n: int,
-    m: int,
-    length: int,
-) -> _Run | None:
+def _unclipped_run(prober: AxisProber, n: int, m: int, length: int) -> _Run | None:
     """The longest stretch of consecutive units near the middle whose ends are unclipped."""
     length = min(length, m)
     first = max(0, min(m // 2 - length // 2, m - length))
-    along = tuple(sorted({*range(first, first + length), 0, 1, m - 2, m - 1} & set(range(m))))
-    middle = tuple(size // 2 for size in base_out)
-    supports = _gradient_supports(
-        provider,
-        output_name,
-        _with(base, axis, n),
-        [_with(middle, axis, i) for i in along],
-        axis,
-    )
-    probe = _Probe(n, m, along, tuple(supports))
+    probe = prober.probe(n, range(first, first + length))
     starts, ends = probe.exact_starts(), probe.exact_ends()
     best: list[int] = []
     current: list[int] = []
@@ -202,41 +222,9 @@ def _unclipped_run(
     return _Run(best[0], tuple(starts[u] for u in best), tuple(ends[u] for u in best))
 
 
-def _geometry(pattern: PhasePattern, n: int) -> AxisGeometry:
-    first = pattern.phases[0]
-    if pattern.period == 1:
-        return AxisGeometry(first.size, pattern.step, -first.start, True, n)
-    return PeriodicGeometry(
-        size=max(phase.size for phase in pattern.phases),
-        stride=max(1, round(pattern.stride)),
-        padding=-first.start,
-        uniform=False,
-        probe_size=n,
-        pattern=pattern,
-    )
-
-
-def _grows_by_period(
-    provider: GradientProvider,
-    output_name: str,
-    base: tuple[int, ...],
-    axis: int,
-    m0: int,
-    period: int,
-    step: int,
-) -> bool:
-    """Fields that repeat every ``period`` units, ``step`` pixels on, gain that many units.
-
-    Otherwise (resizing to a fixed size) a pattern measured on a grown probe need not hold
-    at the user's size.
-    """
-    n0 = base[axis]
-    return _output_len(provider, output_name, base, axis, n0 + step) == m0 + period
-
-
-def with_patterns(rf: ReceptiveField, axes: Sequence[AxisGeometry]) -> ReceptiveField:
+def with_patterns(rf: ReceptiveField, axes: Sequence[AxisLike]) -> ReceptiveField:
     """``rf`` carrying the phase patterns of its periodic axes (unchanged when none)."""
-    if rf.offset is None or not any(isinstance(a, PeriodicGeometry) for a in axes):
+    if rf.offset is None or not any(a.pattern is not None for a in axes):
         return rf
     patterns = tuple(_axis_pattern(a) for a in axes)
     offsets = tuple(
@@ -246,8 +234,8 @@ def with_patterns(rf: ReceptiveField, axes: Sequence[AxisGeometry]) -> Receptive
     return dataclasses.replace(rf, pattern=patterns, offset=offsets)
 
 
-def _axis_pattern(axis: AxisGeometry) -> PhasePattern | None:
-    if isinstance(axis, PeriodicGeometry):
+def _axis_pattern(axis: AxisLike) -> PhasePattern | None:
+    if axis.pattern is not None:
         return axis.pattern
     if not axis.uniform or axis.size is None or axis.stride is None or axis.padding is None:
         return None  # global, or units that differ without a period
