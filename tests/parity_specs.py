@@ -52,6 +52,22 @@ class ReLU:
 
 
 @dataclass(frozen=True)
+class Upsample:
+    """Nearest-neighbour upsampling by an integer factor per axis: unit u copies u // factor."""
+
+    factor: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ConvTranspose:
+    """Transposed convolution without padding: input i reaches outputs i*stride ... + kernel - 1."""
+
+    out: int
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class GlobalAvgPool:
     pass
 
@@ -72,6 +88,9 @@ class Spec:
     stride: tuple[int, ...] | None = None
     padding: tuple[int, ...] | None = None
     tags: frozenset[str] = field(default_factory=frozenset)
+    # Decoders: per axis (step, ((size, start) per phase)): unit k*P + r sees
+    # k*step + start_r ... + size_r - 1 (size/stride/padding then hold rfest's summary).
+    phases: tuple[tuple[int, tuple[tuple[int, int], ...]], ...] | None = None
 
 
 def _c(out: int, k: int | tuple[int, ...], dims: int = 2, **kw: Any) -> Conv:
@@ -186,6 +205,57 @@ SPECS: tuple[Spec, ...] = (
 )  # fmt: skip
 
 
+DECODER_SPECS: tuple[Spec, ...] = (
+    # k3 s2 p1: r3 j2 first-1; up x2: unit u copies u // 2, field 2*(u // 2) - 1 ... + 2;
+    # k3 p1: unit 2k sees copies of k-1..k -> 2k - 3 ... 2k + 1 (5, start -3), unit 2k+1
+    # sees k..k+1 -> 2k - 1 ... 2k + 3 (5, start -1). Period 2, two pixels on.
+    Spec(
+        "upsample_nearest",
+        1,
+        (24, 20),
+        (_c(2, 3, stride=2, padding=1), Upsample((2, 2)), _c(1, 3, padding=1)),
+        (5, 5), (1, 1), (3, 3),
+        phases=((2, ((5, -3), (5, -1))),) * 2,
+    ),
+    # k3 p1: r3 first-1; transposed k3 s2: output u = 2i + t, t < 3, so unit 2k gets
+    # i = k-1, k (widened by the conv: 4 pixels from k-2) and unit 2k+1 gets i = k (3 from
+    # k-1). Period 2, one pixel on. Axis 1 of the 1-D case alike.
+    Spec(
+        "transposed_conv",
+        1,
+        (18, 16),
+        (_c(2, 3, padding=1), ConvTranspose(1, (3, 3), (2, 2))),
+        (4, 4), (1, 1), (2, 2),
+        phases=((1, ((4, -2), (3, -1))),) * 2,
+    ),
+    # 1-D: transposed k2 s2 (unit u gets u // 2), then up x2 (u // 4): period 4, one pixel on.
+    Spec(
+        "decoder_1d",
+        1,
+        (30,),
+        (ConvTranspose(2, (2,), (2,)), Upsample((2,))),
+        (1,), (1,), (0,),
+        phases=((1, ((1, 0),) * 4),),
+    ),
+    # 3-D: axes 0 and 2 as transposed_conv; axis 1 upsampled x2 after it: period 4 with
+    # phases 2k, 2k+1 of the transposed conv each doubled.
+    Spec(
+        "decoder_3d",
+        1,
+        (9, 8, 10),
+        (_c(2, 3, 3, padding=1), ConvTranspose(1, (3, 3, 3), (2, 2, 2)), Upsample((1, 2, 1))),
+        (4, 4, 4), (1, 1, 1), (2, 2, 2),
+        phases=(
+            (1, ((4, -2), (3, -1))),
+            (1, ((4, -2), (4, -2), (3, -1), (3, -1))),
+            (1, ((4, -2), (3, -1))),
+        ),
+    ),
+)  # fmt: skip
+"""Non-uniform architectures (PyTorch, Keras and Flax have every layer): every phase is
+worked by hand in the comment above it."""
+
+
 # ---------------------------------------------------------------- PyTorch
 
 
@@ -232,6 +302,12 @@ def build_torch(spec: Spec) -> tuple[Any, tuple[int, ...], dict[str, Any]]:
                 out.append(pool(layer.window, layer.stride, layer.padding or 0))
             elif isinstance(layer, ReLU):
                 out.append(nn.ReLU())
+            elif isinstance(layer, Upsample):
+                out.append(nn.Upsample(scale_factor=layer.factor, mode="nearest"))
+            elif isinstance(layer, ConvTranspose):
+                cls_t = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)[dims - 1]
+                out.append(cls_t(channels, layer.out, layer.kernel, stride=layer.stride))
+                channels = layer.out
             elif isinstance(layer, GlobalAvgPool):
                 out.append(Mean())
             elif isinstance(layer, Parallel):
@@ -278,6 +354,11 @@ def build_flax(spec: Spec) -> tuple[Any, tuple[int, ...], dict[str, Any]]:
                 x = pool(x, layer.window, strides=layer.stride, padding=pads)
             elif isinstance(layer, ReLU):
                 x = nn.relu(x)
+            elif isinstance(layer, Upsample):
+                grown = [n * f for n, f in zip(x.shape[1:-1], layer.factor, strict=True)]
+                x = jax.image.resize(x, (x.shape[0], *grown, x.shape[-1]), method="nearest")
+            elif isinstance(layer, ConvTranspose):
+                x = nn.ConvTranspose(layer.out, layer.kernel, layer.stride, padding="VALID")(x)
             elif isinstance(layer, GlobalAvgPool):
                 x = x.mean(axis=tuple(range(1, 1 + dims)))
             elif isinstance(layer, Parallel):
@@ -332,6 +413,14 @@ def build_keras(spec: Spec) -> tuple[Any, tuple[int, ...], dict[str, Any]]:
                 x = getattr(L, f"{name}{suffix}")(layer.window, layer.stride)(x)
             elif isinstance(layer, ReLU):
                 x = L.ReLU()(x)
+            elif isinstance(layer, Upsample):
+                factor = layer.factor if dims > 1 else layer.factor[0]
+                x = getattr(L, f"UpSampling{suffix}")(factor)(x)
+            elif isinstance(layer, ConvTranspose):
+                kernel, stride = (
+                    (layer.kernel, layer.stride) if dims > 1 else (layer.kernel[0], layer.stride[0])
+                )
+                x = getattr(L, f"Conv{suffix}Transpose")(layer.out, kernel, stride)(x)
             elif isinstance(layer, GlobalAvgPool):
                 x = getattr(L, f"GlobalAveragePooling{suffix}")()(x)
             elif isinstance(layer, Parallel):
