@@ -75,7 +75,8 @@ def describe(rf: ReceptiveField) -> ReceptiveFieldDescription:
         )
     (h, w), (sh, sw), (oh, ow) = rf.size, rf.stride, rf.offset
     if rf.pattern is not None and rf.stride_fraction is not None:
-        sh, sw = rf.stride_fraction  # type: ignore[assignment]
+        fh, fw = rf.stride_fraction  # None where units differ without repeating
+        sh, sw = (sh if fh is None else fh), (sw if fw is None else fw)  # type: ignore[assignment]
     return ReceptiveFieldDescription(
         offset=(float(ow) + 0.5, float(oh) + 0.5),  # type: ignore[arg-type]
         stride=(float(sw), float(sh)),  # type: ignore[arg-type]
