@@ -10,14 +10,16 @@ thousands with fresh randomness. Failing examples found so far are regression te
 from __future__ import annotations
 
 import os
-import warnings
+
+# oneDNN's CPU convolution gradients crash on the thin probes (TF 2.21): see docs/keras.md.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 
 import rfest
-from prop_networks import NotBuildable, build, describe, networks
-from rf_calculator import Net, check_recurrence, recurrence
+from prop_networks import check, networks
+from rf_calculator import Net
 
 _COMMON = {
     "deadline": None,
@@ -45,29 +47,29 @@ def _settings(framework: str) -> settings:
     return settings(profile, max_examples=_EXAMPLES[framework])
 
 
-def check(framework: str, net: Net) -> None:
-    check_recurrence(net)
-    expected = recurrence(net)
-    try:
-        model, input_shape = build(framework, net)
-    except NotBuildable:
-        return
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        rf = rfest.compute(model, input_shape)
-    got = (rf.size, rf.stride, rf.padding, rf.uniform)
-    want = (
-        tuple(f.size for f in expected),
-        tuple(f.stride for f in expected),
-        tuple(f.padding for f in expected),
-        True,
-    )
-    assert got == want, describe(net)
-
-
 @pytest.mark.torch
 @_settings("torch")
 @given(net=networks("torch"))
 def test_torch_networks_match_the_recurrences(net: Net) -> None:
     pytest.importorskip("torch")
     check("torch", net)
+
+
+@pytest.mark.keras
+@_settings("keras")
+@given(net=networks("keras"))
+def test_keras_networks_match_the_recurrences(net: Net) -> None:
+    pytest.importorskip("keras")
+    check("keras", net)
+
+
+@pytest.mark.jax
+@_settings("flax")
+@given(net=networks("flax"))
+def test_flax_networks_match_the_recurrences(net: Net) -> None:
+    pytest.importorskip("flax")
+    if "jax" not in rfest.available_backends():
+        import rfest_jax
+
+        rfest.register_backend("jax", rfest_jax.provider, replace=True)
+    check("flax", net)

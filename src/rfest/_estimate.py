@@ -449,6 +449,7 @@ def _measure_axis(
     while True:
         probe = _probe(provider, output_name, base, base_out, axis, n, m, centre)
         grow_to: int | None = None
+        fit: AxisGeometry | None = None
         if probe.whole:
             if _output_len(provider, output_name, base, axis, n + max(_FAR, 4 * cap)) == m:
                 return AxisGeometry(None, None, None, True, n)  # global pooling and the like
@@ -479,7 +480,7 @@ def _measure_axis(
         if grow_to is not None:
             n, inside = grow_to, None
         else:
-            n, inside = _next_size(probe, n0, stride, cap)
+            n, inside = _next_size(probe, n0, stride, cap, fit)
         n, m = _runnable(provider, output_name, base, axis, n0, n, stride, cap)
         centre = m // 2 if inside is None else min(inside, m - 1)
 
@@ -669,8 +670,19 @@ def _growth_steps(n0: int, growth: int) -> list[int]:
     return sorted(steps, reverse=True)
 
 
-def _next_size(probe: _Probe, n0: int, stride: _Stride | None, cap: int) -> tuple[int, int | None]:
-    """Next probe size along the axis, and the first unit expected to lie wholly inside."""
+def _next_size(
+    probe: _Probe,
+    n0: int,
+    stride: _Stride | None,
+    cap: int,
+    fit: AxisGeometry | None = None,
+) -> tuple[int, int | None]:
+    """Next probe size along the axis, and the first unit expected to lie wholly inside.
+
+    A uniform ``fit`` (found at a size of the wrong residue) places the field; otherwise
+    the exactly known start and end nearest the run's middle do (not the end units',
+    which padding may fold or wrap).
+    """
     if stride is None:
         # Every support running from border to border: the field is larger than the
         # input, so skip a size (deep networks probed at their small nominal size).
@@ -688,10 +700,17 @@ def _next_size(probe: _Probe, n0: int, stride: _Stride | None, cap: int) -> tupl
     target = 2 * probe.n
     centre = None
     starts, ends = probe.exact_starts(), probe.exact_ends()
-    if starts and ends and stride.uniform:
-        i, lo = next(iter(starts.items()))
-        j, hi = next(iter(ends.items()))
-        padding, size = i * s - lo, hi - j * s + i * s - lo + 1
+    run = probe.run or probe.units
+    middle = run[len(run) // 2]
+    known: tuple[int, int] | None = None
+    if fit is not None and fit.uniform and fit.size is not None and fit.padding is not None:
+        known = fit.padding, fit.size
+    elif starts and ends and stride.uniform:
+        i = min(starts, key=lambda u: abs(u - middle))
+        j = min(ends, key=lambda u: abs(u - middle))
+        known = i * s - starts[i], ends[j] - j * s + i * s - starts[i] + 1
+    if known is not None:
+        padding, size = known
         first_inside = (padding + probe.gap) // s + 1
         target = first_inside * s - padding + size + probe.gap + 1
         centre = first_inside
