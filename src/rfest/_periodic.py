@@ -20,8 +20,10 @@ batched gradient call, with the estimator's care:
   once a period is in sight, so the geometry of the size the user gave is kept; a
   pattern measured on a grown probe counts only if the output gains exactly ``P`` units
   per ``Q`` pixels of input (resizing to a fixed size does not);
-- a pattern measured by a cheaper provider (thin, float32) is confirmed at full width:
-  three periods in a row of units predicted inside must show exactly their support.
+- the pattern must hold at a second size, twice as large and a field wider on each side
+  (padding inside the network can cut every unit of one probe alike), and a pattern
+  measured by a cheaper provider (thin, float32) is confirmed at full width: each time,
+  three periods in a row of units predicted inside show exactly their support.
 
 When no period is found the caller keeps its non-uniform answer (largest size seen).
 """
@@ -148,7 +150,13 @@ def measure_periodic(
             if (n - n0) % q == 0:
                 if n != n0 and prober.output_len(n0 + q) != m0 + p:
                     return None  # measured at another size than the user's, which differs
-                return run.pattern(p, q), n
+                pattern = run.pattern(p, q)
+                second = _second_size(pattern, n0, n, cap)
+                if second is None or confirm_periodic(prober, pattern, second):
+                    return pattern, n
+                n = second  # cut alike at this size (padding inside the network): measure there
+                m = prober.output_len(n)
+                continue
             n = n0 + math.ceil((n - n0) / q) * q  # re-probe at a size that keeps the geometry
             if n > cap:
                 return None
@@ -163,6 +171,21 @@ def measure_periodic(
             n = min(n0 + max(1, math.ceil((2 * n - n0) / growth)) * growth, cap)
         m = prober.output_len(n)
     return None
+
+
+def _second_size(pattern: PhasePattern, n0: int, n: int, cap: int) -> int | None:
+    """A size at least twice ``n`` and a whole field wider on each side, in whole steps.
+
+    Padding inside the network (a dilated layer's outer taps in an intermediate map's
+    padding) can cut every probed unit alike; at such a size the middle units are clear
+    of it. None when the cap leaves no larger size.
+    """
+    size = max(phase.size for phase in pattern.phases)
+    target = max(2 * n, n + 2 * size)
+    second = n0 + math.ceil((target - n0) / pattern.step) * pattern.step
+    if second > cap:
+        second = n0 + (cap - n0) // pattern.step * pattern.step
+    return second if second > n else None
 
 
 def summary(pattern: PhasePattern) -> tuple[int, int, int]:
