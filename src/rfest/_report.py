@@ -208,7 +208,7 @@ def report(
     names = list(dict.fromkeys(layers))
     if not names:
         raise InputShapeError("the model has no layers to report; pass layers=[...]")
-    types = _layer_types(model)
+    types = _layer_types(model, names)
     shared, failures = _shared_provider(build, names, base)
     records = []
     for done, layer in enumerate(names):
@@ -276,8 +276,18 @@ def _shared_provider(
     return (build(good) if good else None), failures
 
 
-def _layer_types(model: Any) -> dict[str, str]:
-    """Class names of the model's layers, where the model lists them (duck-typed)."""
+def _layer_types(model: Any, names: Sequence[str]) -> dict[str, str]:
+    """Class names of the model's layers, where the model lists them (duck-typed); a call
+    ``name:k`` of a layer called several times has the type of ``name``."""
+    types = _declared_types(model)
+    for name in names:
+        layer, separator, call = name.rpartition(":")
+        if name not in types and separator and call.isdigit() and layer in types:
+            types[name] = types[layer]
+    return types
+
+
+def _declared_types(model: Any) -> dict[str, str]:
     named_modules = getattr(model, "named_modules", None)
     if callable(named_modules):
         try:

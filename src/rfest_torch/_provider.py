@@ -30,6 +30,7 @@ from rfest import (
     RFEstError,
     UnrecognizedModelError,
 )
+from rfest_torch._calls import Target, call_names, check_calls, counting_calls, parse
 from rfest_torch._collapse import ChannelCollapseMode
 from rfest_torch._linearize import EvalMode, LinearizedMode
 
@@ -106,6 +107,8 @@ class TorchGradientProvider:
         self._modules = self._resolve_outputs(output)
         self._device = _device_of(self._model)
         self._shape_cache: dict[tuple[int, ...], dict[str, tuple[int, ...]]] = {}
+        # Calls of every named module in one forward pass, counted in the first shape pass.
+        self._call_counts: dict[str, int] | None = None
         self._substitute_cache: dict[tuple[str, torch.dtype], dict[str, torch.Tensor]] = {}
         self._slot_cache: dict[str, list[tuple[nn.Module, str, str]]] = {}
         self._buffer_cache: dict[tuple[str, str, torch.dtype], tuple[torch.Tensor, int]] = {}
@@ -120,15 +123,33 @@ class TorchGradientProvider:
         return tuple(self._modules)
 
     def layer_names(self) -> tuple[str, ...]:
-        return tuple(name for name, _ in self._model.named_modules() if name)
+        """``named_modules()`` names; a module called k times gives ``name:1`` .. ``name:k``."""
+        counts = self._counted_calls()
+        return tuple(
+            call
+            for name, _ in self._model.named_modules()
+            if name
+            for call in call_names(name, counts.get(name, 1))
+        )
+
+    def _counted_calls(self) -> dict[str, int]:
+        """Call counts of the modules, from one pass at the base size ({} if it fails)."""
+        if self._call_counts is None:
+            base = tuple(32 if n is None else int(n) for n in self._spatial)
+            try:
+                self.output_shapes(base)
+            except RFEstError:
+                return {}
+        return self._call_counts or {}
 
     def output_shapes(self, spatial_shape: tuple[int, ...]) -> Mapping[str, tuple[int, ...]]:
         spatial_shape = tuple(spatial_shape)
         if spatial_shape not in self._shape_cache:
             shape = (1, self._channels, *spatial_shape)
-            if math.prod(shape) <= _REAL_SHAPE_PASS_LIMIT:
+            outputs = self._census(shape) if self._call_counts is None else None
+            if outputs is None and math.prod(shape) <= _REAL_SHAPE_PASS_LIMIT:
                 outputs = self._shape_pass(shape, self._device)
-            else:
+            elif outputs is None:
                 try:
                     outputs = self._shape_pass(shape, "meta")
                 except ModelCallError:
@@ -139,13 +160,44 @@ class TorchGradientProvider:
             }
         return self._shape_cache[spatial_shape]
 
+    def _census(self, shape: tuple[int, ...]) -> dict[str, torch.Tensor] | None:
+        """Count every module's calls in one whole pass, and refuse names they make
+        ambiguous; the outputs of that pass, or None if the model raised on the way (the
+        calls counted until then are kept: the layers before a fixed-size head)."""
+        counts: dict[str, int] = {}
+        devices: list[torch.device | str] = [self._device]
+        if math.prod(shape) > _REAL_SHAPE_PASS_LIMIT:
+            devices.insert(0, "meta")
+        outputs: dict[str, torch.Tensor] | None = None
+        for device in devices:
+            try:
+                outputs = self._shape_pass(shape, device, counts)
+                break
+            except ModelCallError:
+                continue
+        self._call_counts = counts
+        for name, target in self._modules.items():
+            if target is not None:
+                check_calls(name, target, counts.get(target.module_name, 0))
+        return outputs
+
     def _shape_pass(
-        self, shape: tuple[int, ...], device: torch.device | str
+        self,
+        shape: tuple[int, ...],
+        device: torch.device | str,
+        counts: dict[str, int] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """A float32 forward without gradient (on 'meta': shapes only, no compute)."""
+        """A float32 forward without gradient (on 'meta': shapes only, no compute); with
+        ``counts``, runs the whole model and counts every module's calls into it."""
+
+        def forward(x: torch.Tensor) -> dict[str, torch.Tensor]:
+            if counts is not None:
+                counts.clear()  # a collapsed attempt that failed is retried plainly
+            return self._forward(x, device, dtype=torch.float32, counts=counts)
+
         with torch.no_grad():
             return self._run(
-                lambda x: self._forward(x, device, dtype=torch.float32),
+                forward,
                 shape,
                 torch.float32,
                 device,
@@ -159,6 +211,8 @@ class TorchGradientProvider:
         units: Sequence[tuple[int, ...]],
     ) -> np.ndarray:
         shape = (len(units), self._channels, *spatial_shape)
+        if self._call_counts is None:
+            self.output_shapes(spatial_shape)  # counts calls: no ambiguous name is used
 
         def maps(x: torch.Tensor) -> np.ndarray:
             with torch.enable_grad():
@@ -219,6 +273,8 @@ class TorchGradientProvider:
                 f"inputs of shape {tuple(x.shape)} do not match input_shape "
                 f"{(self._channels, *self._spatial)}; pass a batch (N, C, *spatial)"
             )
+        if self._call_counts is None:
+            self.output_shapes(tuple(int(n) for n in x.shape[2:]))
         x.requires_grad_(True)
         with torch.enable_grad():
             y = self._forward(x, self._device, only=output_name)[output_name]
@@ -246,11 +302,19 @@ class TorchGradientProvider:
         device: torch.device | str,
         only: str | None = None,
         dtype: torch.dtype | None = None,
+        counts: dict[str, int] | None = None,
     ) -> dict[str, torch.Tensor]:
         wanted = {only: self._modules[only]} if only is not None else self._modules
         captured: dict[str, torch.Tensor] = {}
         with _forward_lock, ExitStack() as stack:
-            stack.enter_context(self._capturing(wanted, captured))
+            stack.enter_context(self._capturing(wanted, captured, stop_early=counts is None))
+            if counts is not None:
+                local = self._local
+                stack.enter_context(
+                    counting_calls(
+                        self._model, counts, lambda: getattr(local, "captured", None) is captured
+                    )
+                )
             try:
                 stack.enter_context(self._substituted(device, dtype or self._dtype))
                 stack.enter_context(LinearizedMode() if self._linearize else EvalMode())
@@ -277,14 +341,24 @@ class TorchGradientProvider:
 
     @contextmanager
     def _capturing(
-        self, wanted: Mapping[str, nn.Module | None], captured: dict[str, torch.Tensor]
+        self,
+        wanted: Mapping[str, Target | None],
+        captured: dict[str, torch.Tensor],
+        *,
+        stop_early: bool = True,
     ) -> Iterator[None]:
         local = self._local
-        stop_early = all(module is not None for module in wanted.values())
+        stop_early = stop_early and all(target is not None for target in wanted.values())
 
-        def hook_for(name: str) -> Any:
+        def hook_for(name: str, target: Target) -> Any:
+            calls = 0
+
             def hook(module: nn.Module, args: Any, output: Any) -> None:
+                nonlocal calls
                 if getattr(local, "captured", None) is not captured:
+                    return
+                calls += 1
+                if calls != target.index:
                     return
                 if not isinstance(output, torch.Tensor):
                     raise OutputNotFoundError(
@@ -298,9 +372,9 @@ class TorchGradientProvider:
             return hook
 
         handles = [
-            module.register_forward_hook(hook_for(name))
-            for name, module in wanted.items()
-            if module is not None
+            target.module.register_forward_hook(hook_for(name, target))
+            for name, target in wanted.items()
+            if target is not None
         ]
         local.captured = captured
         try:
@@ -382,7 +456,7 @@ class TorchGradientProvider:
             substitutes[name] = value
         return substitutes
 
-    def _resolve_outputs(self, output: str | Sequence[str] | None) -> dict[str, nn.Module | None]:
+    def _resolve_outputs(self, output: str | Sequence[str] | None) -> dict[str, Target | None]:
         if output is None:
             return {MODEL_OUTPUT: None}
         names = [output] if isinstance(output, str) else list(output) if _is_list(output) else []
@@ -394,16 +468,18 @@ class TorchGradientProvider:
             twice = sorted({n for n in names if names.count(n) > 1})
             raise OutputNotFoundError(f"output lists {', '.join(map(repr, twice))} twice")
         modules = dict(self._model.named_modules())
-        resolved: dict[str, nn.Module | None] = {}
+        resolved: dict[str, Target | None] = {}
         for name in names:
-            if name not in modules:
+            target = parse(name, modules)
+            if target is None:
                 close = difflib.get_close_matches(name, list(modules), n=3)
                 hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
                 raise OutputNotFoundError(
                     f"the model has no module named {name!r}.{hint} Names are those of "
                     f"model.named_modules(), e.g. {', '.join(repr(n) for n in list(modules)[1:4])}"
+                    f" (call k of a module called several times: 'name:k')"
                 )
-            resolved[name] = modules[name]
+            resolved[name] = target
         return resolved
 
     def _spatial_of(self, name: str, tensor: torch.Tensor, spatial_axes: int) -> tuple[int, ...]:
