@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Sequence
 from typing import Any, overload
@@ -64,6 +65,8 @@ def compute(
             one. A given size defines the geometry ('same' padding depends on it); rfest
             may probe larger inputs, grown by multiples of the total stride so that
             geometry is kept, and says so in ``ReceptiveField.probe_shape``.
+            None where the model says it: PyTorch channels and spatial rank from the
+            first convolution, sizes free (recorded in ``inferred_input_shape``).
         backend: entry-point name (``"torch"``, or a third-party one). None detects it
             from the model's type without importing any framework.
         output: None for the model's output; a name (PyTorch: ``named_modules()`` name)
@@ -117,6 +120,12 @@ def compute(
         output_name: estimate(provider, output_name, max_input_size=max_input_size, scout=scout)
         for output_name in provider.output_names
     }
+    inferred = getattr(provider, "inferred_input_shape", None)
+    if inferred is not None:
+        results = {
+            name: dataclasses.replace(rf, inferred_input_shape=tuple(inferred))
+            for name, rf in results.items()
+        }
     for result in results.values():
         if not result.uniform:
             warnings.warn(

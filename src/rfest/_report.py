@@ -105,6 +105,8 @@ class LayerReport:
     records: tuple[LayerRecord, ...]
     input_shape: tuple[int, ...]
     backend: str | None = None
+    inferred_input_shape: tuple[int | None, ...] | None = None
+    """As `ReceptiveField.inferred_input_shape`: what rfest read from the model."""
 
     def __len__(self) -> int:
         return len(self.records)
@@ -127,6 +129,9 @@ class LayerReport:
         document = {
             "input_shape": list(self.input_shape),
             "backend": self.backend,
+            "inferred_input_shape": None
+            if self.inferred_input_shape is None
+            else list(self.inferred_input_shape),
             "layers": self.to_dicts(),
         }
         return json.dumps(document, **dumps_options)
@@ -220,7 +225,13 @@ def report(
         records.append(_measure(build, shared, layer, types.get(layer), max_input_size))
     if progress is not None:
         progress(len(names), len(names), "")
-    return LayerReport(tuple(records), input_shape=base, backend=name)
+    inferred = getattr(lister, "inferred_input_shape", None)
+    return LayerReport(
+        tuple(records),
+        input_shape=base,
+        backend=name,
+        inferred_input_shape=None if inferred is None else tuple(inferred),
+    )
 
 
 def _measure(

@@ -32,6 +32,7 @@ from rfest import (
 )
 from rfest_torch._calls import Target, call_names, check_calls, counting_calls, parse
 from rfest_torch._collapse import ChannelCollapseMode
+from rfest_torch._input_shape import check_first_layer, resolve_input_shape
 from rfest_torch._linearize import EvalMode, LinearizedMode
 
 __all__ = ["TorchGradientProvider", "provider"]
@@ -103,7 +104,8 @@ class TorchGradientProvider:
         # Linearized passes run channel-collapsed until the model does something a
         # collapsed tensor cannot (an in-place write, a view across channels).
         self._collapse = linearize and narrow
-        self._channels, self._spatial = _split_input_shape(input_shape)
+        self._input = resolve_input_shape(input_shape, self._model)
+        self._channels, self._spatial = self._input.channels, self._input.spatial
         self._modules = self._resolve_outputs(output)
         self._device = _device_of(self._model)
         self._shape_cache: dict[tuple[int, ...], dict[str, tuple[int, ...]]] = {}
@@ -121,6 +123,12 @@ class TorchGradientProvider:
     @property
     def output_names(self) -> tuple[str, ...]:
         return tuple(self._modules)
+
+    @property
+    def inferred_input_shape(self) -> tuple[int | None, ...] | None:
+        """``(C, *spatial)`` read from the model's first convolution when no
+        ``input_shape`` was given (spatial sizes None); None when the user gave one."""
+        return self._input.full if self._input.inferred_from is not None else None
 
     def layer_names(self) -> tuple[str, ...]:
         """``named_modules()`` names; a module called k times gives ``name:1`` .. ``name:k``."""
@@ -176,6 +184,12 @@ class TorchGradientProvider:
             except ModelCallError:
                 continue
         self._call_counts = counts
+        modules = dict(self._model.named_modules())
+        first_run = next(
+            (n for n in counts if any(True for _ in modules[n].parameters(recurse=False))),
+            None,
+        )
+        check_first_layer(self._input, first_run)
         for name, target in self._modules.items():
             if target is not None:
                 check_calls(name, target, counts.get(target.module_name, 0))
@@ -502,29 +516,6 @@ def _native_convolutions() -> Iterator[None]:
         yield
     finally:
         torch.backends.mkldnn.enabled = enabled
-
-
-def _split_input_shape(
-    input_shape: Sequence[int | None] | None,
-) -> tuple[int, tuple[int | None, ...]]:
-    if input_shape is None:
-        raise InputShapeError(
-            "a PyTorch module does not declare its input size: pass input_shape=(C, *spatial), "
-            "e.g. (3, 224, 224); spatial sizes may be None to let rfest choose"
-        )
-    shape = tuple(input_shape)
-    if not 2 <= len(shape) <= 4:
-        raise InputShapeError(
-            f"input_shape={shape} has {len(shape)} axes; expected (C, *spatial) with 1 to 3 "
-            f"spatial axes, without the batch axis, e.g. (3, 224, 224)"
-        )
-    channels = shape[0]
-    if isinstance(channels, bool) or not isinstance(channels, (int, np.integer)) or channels < 1:
-        raise InputShapeError(
-            f"input_shape={shape}: the channel count {channels!r} must be a positive int "
-            f"(PyTorch layout is (C, *spatial))"
-        )
-    return int(channels), shape[1:]
 
 
 def _is_list(value: object) -> bool:
