@@ -1,10 +1,14 @@
-"""Per-layer report: the receptive field of every layer of a model, in one pass per probe.
+"""Per-layer report: the receptive field of every layer of a model, at the cost of a few passes.
 
-The backend lists the layers (`rfest.LayerListingProvider`); one provider is built
-for all of them, so each probe size runs the model once for every layer's output shape.
-A layer whose output rfest cannot measure (not a tensor, never run, no spatial axes
-matching the input, a field that does not fit...) gets a record that says why; the
-report never stops at it.
+The backend lists the layers (`rfest.LayerListingProvider`); one provider is built for
+all of them, so each probe size runs the model once for every layer's output shape. When
+the provider can serve several outputs in one pass (``gradient_maps_many``), every
+layer's estimate runs at once and their gradient requests share forward and backward
+passes (:mod:`rfest._batch`); otherwise layers are measured one after another. Either
+way each layer is measured as `rfest.compute` measures it (thin float32 scout probes,
+confirmed in the asked dtype), with the same answers. A layer whose output rfest cannot
+measure (not a tensor, never run, no spatial axes matching the input, a field that does
+not fit...) gets a record that says why; the report never stops at it.
 """
 
 from __future__ import annotations
@@ -12,8 +16,9 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
+from rfest._batch import MultiOutputGradientProvider, run_batched
 from rfest._errors import BackendError, InputShapeError, ModelCallError, RFEstError
 from rfest._estimate import DEFAULT_FREE_SIZE, DEFAULT_MAX_INPUT_SIZE, estimate
 from rfest._protocol import GradientProvider, LayerListingProvider
@@ -23,7 +28,16 @@ from rfest._result import ReceptiveField
 __all__ = ["LayerRecord", "LayerReport", "ProgressCallback", "report"]
 
 ProgressCallback = Callable[[int, int, str], None]
-"""Called as ``progress(done, total, layer_name)`` before each layer is measured."""
+"""Called as ``progress(done, total, layer_name)`` as the records complete, in report
+order (``layer_name`` is that of record ``done``), then ``progress(total, total, "")``."""
+
+
+class Builder(Protocol):
+    """Makes the backend's provider for some outputs (in the report's dtype by default)."""
+
+    def __call__(
+        self, output: str | Sequence[str] | None, dtype: str = ..., /
+    ) -> GradientProvider: ...
 
 
 @dataclass(frozen=True)
@@ -196,10 +210,12 @@ def report(
         3 None None global
     """
     name = backend if backend is not None else detect_backend(model)
-    options = dict(dtype=dtype, linearize=linearize, **backend_options)
+    options = dict(linearize=linearize, **backend_options)
 
-    def build(output: str | Sequence[str] | None) -> GradientProvider:
-        return make_provider(name, model, input_shape=input_shape, output=output, **options)
+    def build(output: str | Sequence[str] | None, dtype: str = dtype, /) -> GradientProvider:
+        return make_provider(
+            name, model, input_shape=input_shape, output=output, dtype=dtype, **options
+        )
 
     lister = build(None)
     base = tuple(DEFAULT_FREE_SIZE if n is None else int(n) for n in lister.spatial_shape)
@@ -215,19 +231,53 @@ def report(
         raise InputShapeError("the model has no layers to report; pass layers=[...]")
     types = _layer_types(model, names)
     shared, failures = _shared_provider(build, names, base)
-    records = []
-    for done, layer in enumerate(names):
-        if progress is not None:
-            progress(done, len(names), layer)
+    scout = (
+        build(shared.output_names, "float32")
+        if shared is not None and dtype != "float32" and getattr(shared, "float32_scout", True)
+        else None
+    )
+    records: list[LayerRecord | None] = [None] * len(names)
+    reported = 0
+
+    def complete(index: int, record: LayerRecord) -> None:
+        nonlocal reported
+        records[index] = record
+        while reported < len(names) and records[reported] is not None:
+            if progress is not None:
+                progress(reported, len(names), names[reported])
+            reported += 1
+
+    measured = [k for k, layer in enumerate(names) if layer not in failures]
+    for k, layer in enumerate(names):
         if layer in failures:
-            records.append(LayerRecord(layer, type=types.get(layer), error=failures[layer]))
-            continue
-        records.append(_measure(build, shared, layer, types.get(layer), max_input_size))
+            complete(k, LayerRecord(layer, type=types.get(layer), error=failures[layer]))
+
+    def measure(k: int) -> Callable[[GradientProvider, GradientProvider | None], LayerRecord]:
+        return lambda provider, scout: _measure(
+            build, provider, scout, names[k], types.get(names[k]), max_input_size
+        )
+
+    if isinstance(shared, MultiOutputGradientProvider) and (
+        scout is None or isinstance(scout, MultiOutputGradientProvider)
+    ):
+        results = run_batched(
+            [measure(k) for k in measured],
+            shared,
+            scout,
+            on_done=lambda i: None,
+        )
+        for k, result in zip(measured, results, strict=True):
+            if isinstance(result, BaseException):
+                raise result
+            complete(k, result)
+    else:
+        for k in measured:
+            complete(k, measure(k)(shared, scout))  # type: ignore[arg-type]
     if progress is not None:
         progress(len(names), len(names), "")
     inferred = getattr(lister, "inferred_input_shape", None)
     return LayerReport(
-        tuple(records),
+        tuple(r for r in records if r is not None),
         input_shape=base,
         backend=name,
         inferred_input_shape=None if inferred is None else tuple(inferred),
@@ -235,29 +285,31 @@ def report(
 
 
 def _measure(
-    build: Callable[[str | Sequence[str] | None], GradientProvider],
+    build: Builder,
     shared: GradientProvider | None,
+    scout: GradientProvider | None,
     layer: str,
     type_name: str | None,
     max_input_size: int,
 ) -> LayerRecord:
     """One layer's record: on the shared provider, else (a model that fails at some probe
-    sizes once it runs past this layer) on a provider for this layer alone."""
+    sizes once it runs past this layer) on providers for this layer alone."""
     try:
         if shared is not None:
             try:
-                rf = estimate(shared, layer, max_input_size=max_input_size)
+                rf = estimate(shared, layer, max_input_size=max_input_size, scout=scout)
                 return LayerRecord.from_field(layer, rf, type_name)
             except ModelCallError:
                 pass
-        rf = estimate(build(layer), layer, max_input_size=max_input_size)
+        own_scout = None if scout is None else build(layer, "float32")
+        rf = estimate(build(layer), layer, max_input_size=max_input_size, scout=own_scout)
         return LayerRecord.from_field(layer, rf, type_name)
     except RFEstError as exc:
         return LayerRecord(layer, type=type_name, error=_reason(exc))
 
 
 def _shared_provider(
-    build: Callable[[str | Sequence[str] | None], GradientProvider],
+    build: Builder,
     names: list[str],
     base: tuple[int, ...],
 ) -> tuple[GradientProvider | None, dict[str, str]]:
@@ -267,10 +319,12 @@ def _shared_provider(
     is found alone (a few model runs per failing layer).
     """
     failures: dict[str, str] = {}
+    whole: list[GradientProvider] = []
 
     def usable(group: list[str]) -> list[str]:
         try:
-            shapes = build(group).output_shapes(base)
+            provider = build(group)
+            shapes = provider.output_shapes(base)
         except RFEstError as exc:
             if len(group) == 1:
                 failures[group[0]] = _reason(exc)
@@ -281,9 +335,13 @@ def _shared_provider(
         for n in group:
             if n not in shapes:
                 failures[n] = "the layer did not run when the model was called on the input"
+        if group is names and ran == names:
+            whole.append(provider)
         return ran
 
     good = usable(names)
+    if whole:
+        return whole[0], failures
     return (build(good) if good else None), failures
 
 

@@ -31,7 +31,7 @@ from rfest import (
     UnrecognizedModelError,
 )
 from rfest_torch._calls import Target, call_names, check_calls, counting_calls, parse
-from rfest_torch._collapse import ChannelCollapseMode
+from rfest_torch._collapse import ChannelCollapseMode, is_collapsed, narrow_channel
 from rfest_torch._input_shape import check_first_layer, resolve_input_shape
 from rfest_torch._linearize import EvalMode, LinearizedMode
 
@@ -246,6 +246,45 @@ class TorchGradientProvider:
 
         return self._run(maps, shape, self._dtype, self._device, collapse=True, grad=True)
 
+    def gradient_maps_many(
+        self,
+        spatial_shape: tuple[int, ...],
+        requests: Sequence[tuple[str, Sequence[tuple[int, ...]]]],
+    ) -> list[np.ndarray]:
+        """``gradient_maps`` of several outputs in one forward and one backward pass.
+
+        Each request's units get their own rows of the batch, and each output its own
+        cotangent on its rows only, so no map mixes two outputs' gradients.
+        """
+        if self._call_counts is None:
+            self.output_shapes(spatial_shape)
+        counts = [len(units) for _, units in requests]
+        shape = (sum(counts), self._channels, *spatial_shape)
+        names = list(dict.fromkeys(name for name, _ in requests))
+
+        def maps(x: torch.Tensor) -> list[np.ndarray]:
+            with torch.enable_grad():
+                outputs = self._forward(x, self._device, only=names, shield=True)
+                total: torch.Tensor | None = None
+                row = 0
+                for name, units in requests:
+                    y = outputs[name]
+                    if y.requires_grad and units:
+                        term = _units_sum(y, range(row, row + len(units)), units)
+                        total = term if total is None else total + term
+                    row += len(units)
+                grads = (
+                    (None,) if total is None else torch.autograd.grad(total, x, allow_unused=True)
+                )
+            grad: torch.Tensor | None = grads[0]
+            if grad is None:
+                every = np.zeros(shape[:1] + shape[2:])
+            else:
+                every = grad.detach().abs().sum(dim=1).to("cpu", torch.float64).numpy()
+            return np.split(every, np.cumsum(counts)[:-1])
+
+        return self._run(maps, shape, self._dtype, self._device, collapse=True, grad=True)
+
     def _run(
         self,
         function: Callable[[torch.Tensor], _T],
@@ -314,14 +353,20 @@ class TorchGradientProvider:
         self,
         x: torch.Tensor,
         device: torch.device | str,
-        only: str | None = None,
+        only: str | Sequence[str] | None = None,
         dtype: torch.dtype | None = None,
         counts: dict[str, int] | None = None,
+        shield: bool = False,
     ) -> dict[str, torch.Tensor]:
-        wanted = {only: self._modules[only]} if only is not None else self._modules
+        if only is None:
+            wanted = self._modules
+        else:
+            wanted = {n: self._modules[n] for n in ([only] if isinstance(only, str) else only)}
         captured: dict[str, torch.Tensor] = {}
         with _forward_lock, ExitStack() as stack:
-            stack.enter_context(self._capturing(wanted, captured, stop_early=counts is None))
+            stack.enter_context(
+                self._capturing(wanted, captured, stop_early=counts is None, shield=shield)
+            )
             if counts is not None:
                 local = self._local
                 stack.enter_context(
@@ -360,20 +405,24 @@ class TorchGradientProvider:
         captured: dict[str, torch.Tensor],
         *,
         stop_early: bool = True,
+        shield: bool = False,
     ) -> Iterator[None]:
+        """Hooks that capture each wanted call's output. With ``shield`` the model goes on
+        with a copy, so that a later in-place op (``out += identity``) cannot change what
+        was captured while the forward runs past it."""
         local = self._local
         stop_early = stop_early and all(target is not None for target in wanted.values())
 
         def hook_for(name: str, target: Target) -> Any:
             calls = 0
 
-            def hook(module: nn.Module, args: Any, output: Any) -> None:
+            def hook(module: nn.Module, args: Any, output: Any) -> Any:
                 nonlocal calls
                 if getattr(local, "captured", None) is not captured:
-                    return
+                    return None
                 calls += 1
                 if calls != target.index:
-                    return
+                    return None
                 if not isinstance(output, torch.Tensor):
                     raise OutputNotFoundError(
                         f"module {name!r} returns a {type(output).__name__}, not a tensor; "
@@ -382,6 +431,7 @@ class TorchGradientProvider:
                 captured.setdefault(name, output)
                 if stop_early and len(captured) == len(wanted):
                     raise _AllCaptured
+                return output + 0 if shield else None
 
             return hook
 
@@ -505,6 +555,27 @@ class TorchGradientProvider:
             f"output {name!r} has shape {tuple(tensor.shape)}; expected (batch, channels, "
             f"*spatial) with {spatial_axes} spatial axes like the input, or (batch, features)"
         )
+
+
+def _units_sum(
+    y: torch.Tensor, rows: Sequence[int], units: Sequence[tuple[int, ...]]
+) -> torch.Tensor:
+    """The sum over channels of ``y[row, :, *unit]`` for each row and its unit.
+
+    Gathered rather than multiplied by a dense cotangent: a full-width cotangent per
+    output would cost a full-width backward pass for each of them. A collapsed output
+    is summed on its stored channel, times the width: the gradient is then exactly the
+    one of the sum over all its (equal) channels.
+    """
+    scale = 1
+    if is_collapsed(y):
+        scale, y = y.shape[1], narrow_channel(y)
+    index: tuple[Any, ...] = (
+        torch.tensor(list(rows), device=y.device),
+        slice(None),
+        *(torch.tensor([u[a] for u in units], device=y.device) for a in range(len(units[0]))),
+    )
+    return y[index].sum() * scale
 
 
 @contextmanager
