@@ -88,3 +88,10 @@ def test_messages_name_input_shape_and_the_index(shape: object, words: tuple[str
         rfest.compute(net, shape)  # type: ignore[arg-type]
     for word in words:
         assert word in str(caught.value)
+
+
+def test_a_net_larger_than_the_free_size_says_what_was_read() -> None:
+    # Fifteen valid 5x5 convs need 61 px, more than the 32 a free size is probed at.
+    net = nn.Sequential(*[nn.Conv2d(2, 2, 5) for _ in range(15)])
+    with pytest.raises(rfest.InputShapeError, match=r"read \(2, None, None\) from '0'"):
+        rfest.compute(net)

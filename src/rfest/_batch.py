@@ -165,11 +165,11 @@ def run_batched(
     provider: MultiOutputGradientProvider,
     scout: MultiOutputGradientProvider | None = None,
     *,
-    on_done: Callable[[int], None] | None = None,
+    on_done: Callable[[int, Any], None] | None = None,
 ) -> list[_T | BaseException]:
     """Call each ``function(provider, scout)`` with deferring wrappers of the two providers,
     serving their gradient requests together. Returns each function's result, or the
-    exception it raised; ``on_done(index)`` is called as each one finishes."""
+    exception it raised; ``on_done(index, that)`` is called as each one finishes."""
     scheduler = _Scheduler()
     deferred = _Deferred(provider, scheduler, provider)
     deferred_scout = None if scout is None else _Deferred(scout, scheduler, provider)
@@ -186,7 +186,7 @@ def run_batched(
             index = tasks.index(task)
             if index not in reported:
                 reported.add(index)
-                on_done(index)
+                on_done(index, task.error if task.error is not None else task.result)
 
     try:
         for task in tasks:

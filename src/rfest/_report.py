@@ -16,28 +16,21 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from rfest._batch import MultiOutputGradientProvider, run_batched
 from rfest._errors import BackendError, InputShapeError, ModelCallError, RFEstError
-from rfest._estimate import DEFAULT_FREE_SIZE, DEFAULT_MAX_INPUT_SIZE, estimate
+from rfest._estimate import estimate
+from rfest._options import DEFAULT_MAX_INPUT_SIZE, Dtype, ProbeOptions, check_outputs
 from rfest._protocol import GradientProvider, LayerListingProvider
-from rfest._registry import detect_backend, make_provider
 from rfest._result import ReceptiveField
+from rfest._session import Session
 
 __all__ = ["LayerRecord", "LayerReport", "ProgressCallback", "report"]
 
 ProgressCallback = Callable[[int, int, str], None]
 """Called as ``progress(done, total, layer_name)`` as the records complete, in report
 order (``layer_name`` is that of record ``done``), then ``progress(total, total, "")``."""
-
-
-class Builder(Protocol):
-    """Makes the backend's provider for some outputs (in the report's dtype by default)."""
-
-    def __call__(
-        self, output: str | Sequence[str] | None, dtype: str = ..., /
-    ) -> GradientProvider: ...
 
 
 @dataclass(frozen=True)
@@ -184,7 +177,7 @@ def report(
     *,
     backend: str | None = None,
     layers: Sequence[str] | None = None,
-    dtype: str = "float64",
+    dtype: Dtype = "float64",
     linearize: bool = True,
     max_input_size: int = DEFAULT_MAX_INPUT_SIZE,
     progress: ProgressCallback | None = None,
@@ -209,16 +202,22 @@ def report(
         2 (4, 4) (2, 2) ok
         3 None None global
     """
-    name = backend if backend is not None else detect_backend(model)
-    options = dict(linearize=linearize, **backend_options)
+    options = ProbeOptions.check(dtype=dtype, linearize=linearize, max_input_size=max_input_size)
+    if layers is not None and layers:
+        layers = check_outputs(layers, "a layer name")
+    session = Session(
+        model, input_shape, backend=backend, options=options, backend_options=backend_options
+    )
+    name = session.backend
 
-    def build(output: str | Sequence[str] | None, dtype: str = dtype, /) -> GradientProvider:
-        return make_provider(
-            name, model, input_shape=input_shape, output=output, dtype=dtype, **options
-        )
+    def build(output: str | Sequence[str] | None) -> GradientProvider:
+        return session.provider(_key(output))
+
+    def scout(output: str | Sequence[str] | None) -> GradientProvider | None:
+        return session.scout(_key(output))
 
     lister = build(None)
-    base = tuple(DEFAULT_FREE_SIZE if n is None else int(n) for n in lister.spatial_shape)
+    base = session.free_spatial(lister)
     if layers is None:
         if not isinstance(lister, LayerListingProvider):
             raise BackendError(
@@ -226,16 +225,12 @@ def report(
                 f"no layer_names()); pass layers=[...] with the names to report"
             )
         layers = lister.layer_names()
-    names = list(dict.fromkeys(layers))
+    names = list(dict.fromkeys([layers] if isinstance(layers, str) else layers))
     if not names:
         raise InputShapeError("the model has no layers to report; pass layers=[...]")
     types = _layer_types(model, names)
     shared, failures = _shared_provider(build, names, base)
-    scout = (
-        build(shared.output_names, "float32")
-        if shared is not None and dtype != "float32" and getattr(shared, "float32_scout", True)
-        else None
-    )
+    shared_scout = scout(list(shared.output_names)) if shared is not None else None
     records: list[LayerRecord | None] = [None] * len(names)
     reported = 0
 
@@ -253,26 +248,32 @@ def report(
             complete(k, LayerRecord(layer, type=types.get(layer), error=failures[layer]))
 
     def measure(k: int) -> Callable[[GradientProvider, GradientProvider | None], LayerRecord]:
-        return lambda provider, scout: _measure(
-            build, provider, scout, names[k], types.get(names[k]), max_input_size
-        )
+        def run(provider: GradientProvider, provider_scout: GradientProvider | None) -> LayerRecord:
+            return _measure(
+                build,
+                scout,
+                provider,
+                provider_scout,
+                names[k],
+                types.get(names[k]),
+                max_input_size,
+            )
+
+        return run
 
     if isinstance(shared, MultiOutputGradientProvider) and (
-        scout is None or isinstance(scout, MultiOutputGradientProvider)
+        shared_scout is None or isinstance(shared_scout, MultiOutputGradientProvider)
     ):
-        results = run_batched(
-            [measure(k) for k in measured],
-            shared,
-            scout,
-            on_done=lambda i: None,
-        )
-        for k, result in zip(measured, results, strict=True):
+
+        def done(index: int, result: LayerRecord | BaseException) -> None:
             if isinstance(result, BaseException):
                 raise result
-            complete(k, result)
+            complete(measured[index], result)
+
+        run_batched([measure(k) for k in measured], shared, shared_scout, on_done=done)
     else:
         for k in measured:
-            complete(k, measure(k)(shared, scout))  # type: ignore[arg-type]
+            complete(k, measure(k)(shared, shared_scout))  # type: ignore[arg-type]
     if progress is not None:
         progress(len(names), len(names), "")
     inferred = getattr(lister, "inferred_input_shape", None)
@@ -284,32 +285,36 @@ def report(
     )
 
 
+def _key(output: str | Sequence[str] | None) -> str | tuple[str, ...] | None:
+    return output if output is None or isinstance(output, str) else tuple(output)
+
+
 def _measure(
-    build: Builder,
+    build: Callable[[str | Sequence[str] | None], GradientProvider],
+    scout: Callable[[str | Sequence[str] | None], GradientProvider | None],
     shared: GradientProvider | None,
-    scout: GradientProvider | None,
+    shared_scout: GradientProvider | None,
     layer: str,
     type_name: str | None,
     max_input_size: int,
 ) -> LayerRecord:
     """One layer's record: on the shared provider, else (a model that fails at some probe
-    sizes once it runs past this layer) on providers for this layer alone."""
+    sizes once it runs past this layer) on a provider for this layer alone."""
     try:
         if shared is not None:
             try:
-                rf = estimate(shared, layer, max_input_size=max_input_size, scout=scout)
+                rf = estimate(shared, layer, max_input_size=max_input_size, scout=shared_scout)
                 return LayerRecord.from_field(layer, rf, type_name)
             except ModelCallError:
                 pass
-        own_scout = None if scout is None else build(layer, "float32")
-        rf = estimate(build(layer), layer, max_input_size=max_input_size, scout=own_scout)
+        rf = estimate(build(layer), layer, max_input_size=max_input_size, scout=scout(layer))
         return LayerRecord.from_field(layer, rf, type_name)
     except RFEstError as exc:
         return LayerRecord(layer, type=type_name, error=_reason(exc))
 
 
 def _shared_provider(
-    build: Builder,
+    build: Callable[[str | Sequence[str] | None], GradientProvider],
     names: list[str],
     base: tuple[int, ...],
 ) -> tuple[GradientProvider | None, dict[str, str]]:
@@ -319,12 +324,10 @@ def _shared_provider(
     is found alone (a few model runs per failing layer).
     """
     failures: dict[str, str] = {}
-    whole: list[GradientProvider] = []
 
     def usable(group: list[str]) -> list[str]:
         try:
-            provider = build(group)
-            shapes = provider.output_shapes(base)
+            shapes = build(group).output_shapes(base)
         except RFEstError as exc:
             if len(group) == 1:
                 failures[group[0]] = _reason(exc)
@@ -335,13 +338,9 @@ def _shared_provider(
         for n in group:
             if n not in shapes:
                 failures[n] = "the layer did not run when the model was called on the input"
-        if group is names and ran == names:
-            whole.append(provider)
         return ran
 
     good = usable(names)
-    if whole:
-        return whole[0], failures
     return (build(good) if good else None), failures
 
 

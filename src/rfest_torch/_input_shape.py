@@ -14,10 +14,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 from torch import nn
 
-from rfest import InputShapeError
+from rfest import InputShapeError, kit
 
 __all__ = ["InputShape", "check_first_layer", "resolve_input_shape"]
 
@@ -53,26 +52,8 @@ def resolve_input_shape(input_shape: Sequence[int | None] | None, model: nn.Modu
             f"input_shape={input_shape!r} must be a tuple (C, *spatial) without the batch "
             f"axis, e.g. (3, 224, 224)"
         )
-    shape = tuple(input_shape)
-    if not 2 <= len(shape) <= 4:
-        raise InputShapeError(
-            f"input_shape={shape} has {len(shape)} axes; expected (C, *spatial) with 1 to 3 "
-            f"spatial axes, without the batch axis, e.g. (3, 224, 224)"
-        )
-    channels = shape[0]
-    if not _positive_int(channels):
-        raise InputShapeError(
-            f"input_shape={shape}: the channel count input_shape[0] = {channels!r} must be a "
-            f"positive int (PyTorch layout is (C, *spatial))"
-        )
-    for index, size in enumerate(shape[1:], start=1):
-        if size is not None and not _positive_int(size):
-            raise InputShapeError(
-                f"input_shape={shape}: input_shape[{index}] = {size!r} is not a positive "
-                f"integer; give each spatial size as an int >= 1, or None to let rfest choose"
-            )
-    spatial = tuple(None if size is None else int(size) for size in shape[1:])
-    return InputShape(int(channels), spatial)  # type: ignore[arg-type]
+    channels, spatial = kit.split_input_shape(input_shape, "channels_first", framework="PyTorch")
+    return InputShape(channels, spatial)
 
 
 def check_first_layer(shape: InputShape, first_run: str | None) -> None:
@@ -111,7 +92,3 @@ def _inferred(model: nn.Module) -> InputShape:
 
 def _owns_weights(module: nn.Module) -> bool:
     return any(True for _ in module.parameters(recurse=False))
-
-
-def _positive_int(value: object) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and int(value) >= 1

@@ -10,7 +10,6 @@ manager. Linearized passes run channel-collapsed (:mod:`rfest_torch._collapse`).
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import math
 import threading
@@ -29,18 +28,23 @@ from rfest import (
     OutputNotFoundError,
     RFEstError,
     UnrecognizedModelError,
+    kit,
 )
-from rfest_torch._calls import Target, call_names, check_calls, counting_calls, parse
+from rfest.kit import MODEL_OUTPUT, TokenGrid
+from rfest_torch._calls import CALL_SEPARATOR, Target, call_names, check_calls, counting_calls
+from rfest_torch._calls import parse as parse_call
 from rfest_torch._collapse import ChannelCollapseMode, is_collapsed, narrow_channel
 from rfest_torch._input_shape import check_first_layer, resolve_input_shape
 from rfest_torch._linearize import EvalMode, LinearizedMode
 
 __all__ = ["TorchGradientProvider", "provider"]
 
-MODEL_OUTPUT = "output"
-"""Name under which the model's own output is reported when ``output=None``."""
-
 _T = TypeVar("_T")
+
+_CALL_HINT = (
+    " Check that input_shape=(C, *spatial) matches what the model takes: the channel "
+    "count, the number of spatial axes, and a size large enough for it"
+)
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -108,7 +112,7 @@ class TorchGradientProvider:
         self._channels, self._spatial = self._input.channels, self._input.spatial
         self._modules = self._resolve_outputs(output)
         self._device = _device_of(self._model)
-        self._shape_cache: dict[tuple[int, ...], dict[str, tuple[int, ...]]] = {}
+        self._shapes = kit.ShapeCache()
         # Calls of every named module in one forward pass, counted in the first shape pass.
         self._call_counts: dict[str, int] | None = None
         self._substitute_cache: dict[tuple[str, torch.dtype], dict[str, torch.Tensor]] = {}
@@ -152,7 +156,8 @@ class TorchGradientProvider:
 
     def output_shapes(self, spatial_shape: tuple[int, ...]) -> Mapping[str, tuple[int, ...]]:
         spatial_shape = tuple(spatial_shape)
-        if spatial_shape not in self._shape_cache:
+
+        def shapes() -> dict[str, tuple[int, ...]]:
             shape = (1, self._channels, *spatial_shape)
             outputs = self._census(shape) if self._call_counts is None else None
             if outputs is None and math.prod(shape) <= _REAL_SHAPE_PASS_LIMIT:
@@ -162,11 +167,24 @@ class TorchGradientProvider:
                     outputs = self._shape_pass(shape, "meta")
                 except ModelCallError:
                     outputs = self._shape_pass(shape, self._device)
-            self._shape_cache[spatial_shape] = {
-                name: self._spatial_of(name, tensor, len(spatial_shape))
+            return {
+                name: kit.output_spatial_shape(
+                    name, tuple(tensor.shape), len(spatial_shape), "channels_first"
+                )
                 for name, tensor in outputs.items()
             }
-        return self._shape_cache[spatial_shape]
+
+        return self._shapes.get(spatial_shape, shapes)
+
+    def token_grid_model(self, layout: TokenGrid) -> nn.Module:
+        """A module whose output is this provider's token output laid out as
+        ``(N, C, *grid)`` (see `rfest.TokenGridProvider`); the model is not modified."""
+        from rfest_torch._tokens import token_grid_model
+
+        ((name, target),) = self._modules.items()
+        module = None if target is None else target.module
+        spatial = tuple(int(s) for s in self._spatial if s is not None)
+        return token_grid_model(self._model, name, module, layout, spatial)
 
     def _census(self, shape: tuple[int, ...]) -> dict[str, torch.Tensor] | None:
         """Count every module's calls in one whole pass, and refuse names they make
@@ -181,8 +199,14 @@ class TorchGradientProvider:
             try:
                 outputs = self._shape_pass(shape, device, counts)
                 break
-            except ModelCallError:
-                continue
+            except ModelCallError as exc:
+                if device == devices[-1] and self._input.inferred_from is not None:
+                    raise InputShapeError(
+                        f"input_shape was not given: rfest read {self._input.full} from "
+                        f"{self._input.inferred_from!r} and probed an input of shape "
+                        f"{shape[1:]}, on which the model fails ({exc}); pass "
+                        f"input_shape=(C, *spatial) with sizes the model takes"
+                    ) from exc
         self._call_counts = counts
         modules = dict(self._model.named_modules())
         first_run = next(
@@ -343,11 +367,10 @@ class TorchGradientProvider:
     def _probe_input(
         self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str
     ) -> torch.Tensor:
-        if self._linearize:
+        if self._linearize:  # made in place: no host copy of a large probe
             return torch.ones(shape, dtype=dtype, device=device)
-        generator = torch.Generator().manual_seed(0)
-        values = 0.5 + torch.rand(shape, generator=generator, dtype=dtype)
-        return values.to(device)
+        values = kit.probe_input(shape, linearize=False, dtype=str(dtype).rpartition(".")[2])
+        return torch.from_numpy(values).to(device)
 
     def _forward(
         self,
@@ -363,7 +386,11 @@ class TorchGradientProvider:
         else:
             wanted = {n: self._modules[n] for n in ([only] if isinstance(only, str) else only)}
         captured: dict[str, torch.Tensor] = {}
-        with _forward_lock, ExitStack() as stack:
+        with (
+            _forward_lock,
+            ExitStack() as stack,
+            kit.model_errors(tuple(x.shape), "(batch, channels, *spatial)", _CALL_HINT),
+        ):
             stack.enter_context(
                 self._capturing(wanted, captured, stop_early=counts is None, shield=shield)
             )
@@ -380,15 +407,6 @@ class TorchGradientProvider:
                 result = self._model(x + 0)
             except _AllCaptured:
                 return captured
-            except RFEstError:
-                raise
-            except Exception as exc:
-                raise ModelCallError(
-                    f"the model raised {type(exc).__name__} on an input of shape "
-                    f"{tuple(x.shape)} (batch, channels, *spatial): {exc}. Check that "
-                    f"input_shape=(C, *spatial) matches what the model takes: the channel "
-                    f"count, the number of spatial axes, and a size large enough for it"
-                ) from exc
         if MODEL_OUTPUT in wanted and wanted[MODEL_OUTPUT] is None:
             if not isinstance(result, torch.Tensor):
                 raise OutputNotFoundError(
@@ -521,40 +539,28 @@ class TorchGradientProvider:
         return substitutes
 
     def _resolve_outputs(self, output: str | Sequence[str] | None) -> dict[str, Target | None]:
-        if output is None:
-            return {MODEL_OUTPUT: None}
-        names = [output] if isinstance(output, str) else list(output) if _is_list(output) else []
-        if not names or not all(isinstance(n, str) for n in names):
-            raise OutputNotFoundError(
-                f"output={output!r}: expected None, a module name, or a list of module names"
-            )
-        if len(set(names)) != len(names):
-            twice = sorted({n for n in names if names.count(n) > 1})
-            raise OutputNotFoundError(f"output lists {', '.join(map(repr, twice))} twice")
         modules = dict(self._model.named_modules())
-        resolved: dict[str, Target | None] = {}
-        for name in names:
-            target = parse(name, modules)
-            if target is None:
-                close = difflib.get_close_matches(name, list(modules), n=3)
-                hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-                raise OutputNotFoundError(
-                    f"the model has no module named {name!r}.{hint} Names are those of "
-                    f"model.named_modules(), e.g. {', '.join(repr(n) for n in list(modules)[1:4])}"
-                    f" (call k of a module called several times: 'name:k')"
-                )
-            resolved[name] = target
-        return resolved
-
-    def _spatial_of(self, name: str, tensor: torch.Tensor, spatial_axes: int) -> tuple[int, ...]:
-        if tensor.dim() == spatial_axes + 2:
-            return tuple(int(s) for s in tensor.shape[2:])
-        if tensor.dim() == 2:
-            return ()
-        raise RFEstError(
-            f"output {name!r} has shape {tuple(tensor.shape)}; expected (batch, channels, "
-            f"*spatial) with {spatial_axes} spatial axes like the input, or (batch, features)"
+        listed = [name for name in modules if name]
+        asked = (
+            [output]
+            if isinstance(output, str)
+            else output
+            if isinstance(output, list | tuple)
+            else []
         )
+        calls = [n for n in asked if isinstance(n, str) and parse_call(n, modules) is not None]
+        resolved = kit.resolve_outputs(
+            output,
+            [*listed, *(n for n in calls if n not in modules)],
+            kind="module",
+            naming=f" Names are those of model.named_modules(), e.g. "
+            f"{', '.join(repr(n) for n in listed[:3])}; call k of a module called several "
+            f"times is 'name{CALL_SEPARATOR}k'",
+        )
+        return {
+            name: None if layer is None else parse_call(layer, modules)
+            for name, layer in resolved.items()
+        }
 
 
 def _units_sum(
@@ -587,10 +593,6 @@ def _native_convolutions() -> Iterator[None]:
         yield
     finally:
         torch.backends.mkldnn.enabled = enabled
-
-
-def _is_list(value: object) -> bool:
-    return isinstance(value, (list, tuple))
 
 
 def _check_single_input(model: nn.Module) -> None:
