@@ -13,6 +13,7 @@ not fit...) gets a record that says why; the report never stops at it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -60,6 +61,11 @@ class LayerRecord:
     uniform: bool = True
     grown: bool = False
     error: str | None = None
+    step: int | None = None
+    """Position of the layer's output in one forward pass (0 first), where the backend
+    says (``execution_order()``); None otherwise or when the layer did not run."""
+    leaf: bool = True
+    """False for a layer that holds other layers (a PyTorch container, a nested model)."""
 
     @property
     def status(self) -> str:
@@ -277,11 +283,30 @@ def report(
     if progress is not None:
         progress(len(names), len(names), "")
     inferred = getattr(lister, "inferred_input_shape", None)
+    placed = _placed([r for r in records if r is not None], lister)
     return LayerReport(
-        tuple(r for r in records if r is not None),
+        placed,
         input_shape=base,
         backend=name,
         inferred_input_shape=None if inferred is None else tuple(inferred),
+    )
+
+
+def _placed(records: list[LayerRecord], lister: GradientProvider) -> tuple[LayerRecord, ...]:
+    """Records with their position in the forward pass and whether they hold other layers,
+    where the backend tells (an optional ``execution_order()`` of ``(name, is leaf)``)."""
+    order = getattr(lister, "execution_order", None)
+    if not callable(order):
+        return tuple(records)
+    try:
+        steps = {name: (step, leaf) for step, (name, leaf) in enumerate(order())}
+    except RFEstError:
+        return tuple(records)
+    return tuple(
+        dataclasses.replace(r, step=steps[r.name][0], leaf=steps[r.name][1])
+        if r.name in steps
+        else r
+        for r in records
     )
 
 

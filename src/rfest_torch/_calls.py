@@ -78,8 +78,11 @@ def check_calls(name: str, target: Target, count: int) -> None:
 
 
 @contextmanager
-def counting_calls(model: nn.Module, counts: dict[str, int], active: Any) -> Iterator[None]:
-    """Count the calls of every named module of ``model`` into ``counts`` while active.
+def counting_calls(
+    model: nn.Module, counts: dict[str, int], active: Any, order: list[tuple[str, int]]
+) -> Iterator[None]:
+    """Count the calls of every named module of ``model`` into ``counts`` while active,
+    and list each call ``(name, call number)`` in ``order`` as it returns.
 
     ``active()`` is checked in each hook, so passes of other threads are not counted.
     """
@@ -88,6 +91,7 @@ def counting_calls(model: nn.Module, counts: dict[str, int], active: Any) -> Ite
         def hook(module: nn.Module, args: Any, output: Any) -> None:
             if active():
                 counts[name] = counts.get(name, 0) + 1
+                order.append((name, counts[name]))
 
         return hook
 

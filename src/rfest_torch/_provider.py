@@ -113,8 +113,10 @@ class TorchGradientProvider:
         self._modules = self._resolve_outputs(output)
         self._device = _device_of(self._model)
         self._shapes = kit.ShapeCache()
-        # Calls of every named module in one forward pass, counted in the first shape pass.
+        # Calls of every named module in one forward pass, counted in the first shape pass,
+        # and every call in the order it returned.
         self._call_counts: dict[str, int] | None = None
+        self._call_order: list[tuple[str, int]] = []
         self._substitute_cache: dict[tuple[str, torch.dtype], dict[str, torch.Tensor]] = {}
         self._slot_cache: dict[str, list[tuple[nn.Module, str, str]]] = {}
         self._buffer_cache: dict[tuple[str, str, torch.dtype], tuple[torch.Tensor, int]] = {}
@@ -142,6 +144,19 @@ class TorchGradientProvider:
             for name, _ in self._model.named_modules()
             if name
             for call in call_names(name, counts.get(name, 1))
+        )
+
+    def execution_order(self) -> tuple[tuple[str, bool], ...]:
+        """``(layer name, is a leaf)`` of every call, in the order the calls return in one
+        forward pass (names as `layer_names` gives them; modules never run are absent)."""
+        counts = self._counted_calls()
+        modules = dict(self._model.named_modules())
+        return tuple(
+            (
+                call_names(name, counts[name])[k - 1],
+                next(iter(modules[name].children()), None) is None,
+            )
+            for name, k in self._call_order
         )
 
     def _counted_calls(self) -> dict[str, int]:
@@ -191,13 +206,14 @@ class TorchGradientProvider:
         ambiguous; the outputs of that pass, or None if the model raised on the way (the
         calls counted until then are kept: the layers before a fixed-size head)."""
         counts: dict[str, int] = {}
+        order: list[tuple[str, int]] = []
         devices: list[torch.device | str] = [self._device]
         if math.prod(shape) > _REAL_SHAPE_PASS_LIMIT:
             devices.insert(0, "meta")
         outputs: dict[str, torch.Tensor] | None = None
         for device in devices:
             try:
-                outputs = self._shape_pass(shape, device, counts)
+                outputs = self._shape_pass(shape, device, counts, order)
                 break
             except ModelCallError as exc:
                 if device == devices[-1] and self._input.inferred_from is not None:
@@ -207,7 +223,7 @@ class TorchGradientProvider:
                         f"{shape[1:]}, on which the model fails ({exc}); pass "
                         f"input_shape=(C, *spatial) with sizes the model takes"
                     ) from exc
-        self._call_counts = counts
+        self._call_counts, self._call_order = counts, order
         modules = dict(self._model.named_modules())
         first_run = next(
             (n for n in counts if any(True for _ in modules[n].parameters(recurse=False))),
@@ -224,6 +240,7 @@ class TorchGradientProvider:
         shape: tuple[int, ...],
         device: torch.device | str,
         counts: dict[str, int] | None = None,
+        order: list[tuple[str, int]] | None = None,
     ) -> dict[str, torch.Tensor]:
         """A float32 forward without gradient (on 'meta': shapes only, no compute); with
         ``counts``, runs the whole model and counts every module's calls into it."""
@@ -231,7 +248,9 @@ class TorchGradientProvider:
         def forward(x: torch.Tensor) -> dict[str, torch.Tensor]:
             if counts is not None:
                 counts.clear()  # a collapsed attempt that failed is retried plainly
-            return self._forward(x, device, dtype=torch.float32, counts=counts)
+            if order is not None:
+                order.clear()
+            return self._forward(x, device, dtype=torch.float32, counts=counts, order=order)
 
         with torch.no_grad():
             return self._run(
@@ -380,6 +399,7 @@ class TorchGradientProvider:
         dtype: torch.dtype | None = None,
         counts: dict[str, int] | None = None,
         shield: bool = False,
+        order: list[tuple[str, int]] | None = None,
     ) -> dict[str, torch.Tensor]:
         if only is None:
             wanted = self._modules
@@ -398,7 +418,10 @@ class TorchGradientProvider:
                 local = self._local
                 stack.enter_context(
                     counting_calls(
-                        self._model, counts, lambda: getattr(local, "captured", None) is captured
+                        self._model,
+                        counts,
+                        lambda: getattr(local, "captured", None) is captured,
+                        [] if order is None else order,
                     )
                 )
             try:
