@@ -212,9 +212,12 @@ def test_every_record_equals_compute_of_that_layer() -> None:
     result = report(net, (3, 48, 48))
     measured = [r for r in result if r.status in ("ok", "global", "non-uniform")]
     assert len(measured) == len(result) > 40
-    names = [r.name for r in measured]
-    alone = rfest.compute(net, (3, 48, 48), output=names)
-    for record in measured:
+    # compute costs a few passes per layer: every distinct answer, and every 4th row.
+    firsts = {(r.size, r.stride, r.padding, r.output_shape): r for r in reversed(measured)}
+    chosen = [r for k, r in enumerate(measured) if k % 4 == 0 or r in firsts.values()]
+    assert len(firsts) >= 12
+    alone = rfest.compute(net, (3, 48, 48), output=[r.name for r in chosen])
+    for record in chosen:
         rf = alone[record.name]
         got = (record.size, record.stride, record.padding, record.output_shape, record.grown)
         assert got == (rf.size, rf.stride, rf.padding, rf.output_shape, rf.grown), record.name
