@@ -71,8 +71,11 @@ class TorchGradientProvider:
 
     Args:
         model: any ``torch.nn.Module`` (a ``torch.compile`` wrapper is unwrapped).
-        input_shape: ``(C, *spatial)`` of one sample; spatial sizes may be None.
-        output: None (the model's output), a ``named_modules()`` name, or a list of names.
+        input_shape: ``(C, *spatial)`` of one sample; spatial sizes may be None. None:
+            read from the first convolution (see :mod:`rfest_torch._input_shape`).
+        output: None (the model's output), a ``named_modules()`` name, or a list of names;
+            ``"name:k"`` is call k of a module called several times
+            (see :mod:`rfest_torch._calls`).
         dtype: ``"float64"`` or ``"float32"``.
         linearize: see :func:`rfest.compute`.
         narrow: run the linearized pass on one channel wherever all channels agree (same
@@ -162,6 +165,7 @@ class TorchGradientProvider:
     def _counted_calls(self) -> dict[str, int]:
         """Call counts of the modules, from one pass at the base size ({} if it fails)."""
         if self._call_counts is None:
+            # Any size the model runs at counts the same calls; 32 is rfest's free size.
             base = tuple(32 if n is None else int(n) for n in self._spatial)
             try:
                 self.output_shapes(base)
