@@ -5,6 +5,8 @@ the model, differentiate it, linearize it and capture intermediates. The rest is
 the same for every backend, so every backend names outputs, checks shapes, reports model
 errors and builds probe inputs the same way:
 
+- `check_dtype`: the front door's own check, for a provider built directly
+  (`rfest.OptionError` unless ``"float32"`` or ``"float64"``).
 - `resolve_outputs`: ``output=`` to ``{reported name: layer name or None}``, with
   "did you mean" for unknown names; the model's own output never shadows a layer
   named ``"output"`` (`MODEL_OUTPUT`).
@@ -18,6 +20,7 @@ errors and builds probe inputs the same way:
 Only numpy and the standard library are imported here.
 """
 
+from rfest._options import Dtype, check_dtype
 from rfest.kit._calls import model_errors
 from rfest.kit._names import MODEL_OUTPUT, did_you_mean, resolve_outputs
 from rfest.kit._probes import ShapeCache, probe_input
@@ -26,9 +29,11 @@ from rfest.kit._tokens import TokenGrid
 
 __all__ = [
     "MODEL_OUTPUT",
+    "Dtype",
     "Layout",
     "ShapeCache",
     "TokenGrid",
+    "check_dtype",
     "did_you_mean",
     "model_errors",
     "output_spatial_shape",
