@@ -21,6 +21,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rfest import UnrecognizedModelError
 
@@ -159,11 +160,12 @@ def _positive_params(tree: Any) -> Any:
         if not _is_array(leaf) or not jnp.issubdtype(leaf.dtype, jnp.floating):
             return leaf
         names = [_key_name(k) for k in path]
+        # numpy, not jnp.full: JAX would compile one XLA program per distinct shape.
         if "bias" in names[-2:]:
-            return jnp.zeros(leaf.shape, leaf.dtype)
+            return np.zeros(leaf.shape, leaf.dtype)
         fan_in = 1
         for size in leaf.shape[:-1]:
             fan_in *= int(size)
-        return jnp.full(leaf.shape, 1.0 / fan_in, leaf.dtype)
+        return np.full(leaf.shape, 1.0 / fan_in, leaf.dtype)
 
     return jax.tree_util.tree_map_with_path(positive, tree)

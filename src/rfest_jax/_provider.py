@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rfest import InputShapeError, ModelCallError, OutputNotFoundError, RFEstError
+from rfest import InputShapeError, ModelCallError, OptionError, OutputNotFoundError, RFEstError
 from rfest_jax._interpret import Value, evaluate, needed_equations
 from rfest_jax._models import MODEL_OUTPUT, Model, as_model
 
@@ -68,6 +68,9 @@ class JaxGradientProvider:
             or a list of names.
         dtype: ``"float64"`` (default) or ``"float32"``.
         linearize: see :func:`rfest.compute`.
+        narrow: evaluate the linearized program on one channel wherever all channels
+            agree (same answer, the work of a one-channel network; see
+            :mod:`rfest_jax._interpret`). ``False`` computes every channel.
         call_kwargs: keyword arguments passed on every call of the model
             (e.g. ``{"train": False}``).
 
@@ -97,10 +100,14 @@ class JaxGradientProvider:
         output: str | Sequence[str] | None = None,
         dtype: str = "float64",
         linearize: bool = True,
+        narrow: bool = True,
         call_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         if dtype not in _DTYPES:
             raise InputShapeError(f"dtype={dtype!r} is not supported; use one of {_DTYPES}")
+        if not isinstance(narrow, bool):
+            raise OptionError(f"narrow={narrow!r} must be True or False")
+        self._narrow = narrow
         self._dtype_name = dtype
         self._linearize = linearize
         self._spatial, self._channels = _split_input_shape(input_shape)
@@ -206,6 +213,7 @@ class JaxGradientProvider:
             dtype=self._dtype_name,
             outputs=[leaf],
             equations=trace.plan(leaf),
+            narrow=self._narrow,
         )
         return y.array
 
@@ -219,8 +227,9 @@ class JaxGradientProvider:
 
     def _cast(self, leaf: Any) -> Any:
         dtype = getattr(leaf, "dtype", None)
-        if dtype is not None and jnp.issubdtype(dtype, jnp.floating):
-            return jnp.asarray(leaf, dtype=self._dtype_name)
+        if dtype is not None and jnp.issubdtype(dtype, jnp.floating) and dtype != self._dtype_name:
+            # Through numpy: a JAX cast compiles one XLA program per distinct shape.
+            return jnp.asarray(np.asarray(leaf).astype(self._dtype_name))
         return leaf
 
     def _probe_input(self, shape: tuple[int, ...]) -> Any:
