@@ -42,6 +42,8 @@ class Model:
     linearized_params: Any
     run: _Run
     module_paths: tuple[str, ...] = field(default=())
+    owner: Any = None  # the Flax module whose traces providers may share (see _shared)
+    structure: Any = None  # what besides params and owner fixes the trace (NNX graphdef)
 
 
 def as_model(model: Any, call_kwargs: Mapping[str, Any]) -> Model:
@@ -101,7 +103,7 @@ def _linen(module: Any, variables: Any, call_kwargs: Mapping[str, Any]) -> Model
     linearized = {
         name: _positive_params(tree) if name == "params" else tree for name, tree in kept.items()
     }
-    return Model("linen", kept, linearized, run)
+    return Model("linen", kept, linearized, run, owner=module)
 
 
 def _nnx(module: Any, call_kwargs: Mapping[str, Any]) -> Model:
@@ -117,7 +119,8 @@ def _nnx(module: Any, call_kwargs: Mapping[str, Any]) -> Model:
         return _with_output_leaves(named, out)
 
     paths = tuple("/".join(str(k) for k in path) for path, _ in nnx.iter_modules(module) if path)
-    return Model("nnx", (params, rest), (_positive_params(params), rest), run, paths)
+    linearized = (_positive_params(params), rest)
+    return Model("nnx", (params, rest), linearized, run, paths, owner=module, structure=graphdef)
 
 
 def _captured(tree: Any, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, Any]]:

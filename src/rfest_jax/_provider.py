@@ -25,6 +25,7 @@ import numpy as np
 from rfest import InputShapeError, ModelCallError, OptionError, OutputNotFoundError, RFEstError
 from rfest_jax._interpret import Value, evaluate, needed_equations
 from rfest_jax._models import MODEL_OUTPUT, Model, as_model
+from rfest_jax._shared import Shared, shared_for
 
 __all__ = ["JaxGradientProvider", "provider"]
 
@@ -113,11 +114,31 @@ class JaxGradientProvider:
         self._spatial, self._channels = _split_input_shape(input_shape)
         self._model: Model = as_model(model, dict(call_kwargs or {}))
         self._requested = _requested_names(output)
-        self._traces: dict[tuple[int, ...], _Trace] = {}
+        owner = self._model.owner
+        self._shared = (
+            Shared()
+            if owner is None
+            else shared_for(owner, self._model.params, self._model.structure, call_kwargs or {})
+        )
+        self._traces: dict[tuple[int, ...], _Trace] = self._shared.traces
         self._lock = threading.RLock()
         self._params: list[Any] | None = None
         if self._requested != (MODEL_OUTPUT,):
             self._check_names(self._requested)
+
+    @property
+    def float32_scout(self) -> bool:
+        """Narrowed, a float64 pass costs what a float32 one does: no second provider."""
+        return not self._narrowing
+
+    @property
+    def thin_probes(self) -> bool:
+        """Narrowed, a probe costs its compilation, not its size: fewer shapes pay more."""
+        return not self._narrowing
+
+    @property
+    def _narrowing(self) -> bool:
+        return self._narrow and self._linearize
 
     @property
     def spatial_shape(self) -> tuple[int | None, ...]:
@@ -153,12 +174,19 @@ class JaxGradientProvider:
         with self._precision():
             x = self._probe_input((1, *spatial_shape, self._channels))
             maps = self._compiled(trace, output_name, x, cotangents)
-            result = maps(self._param_leaves(), x, jnp.asarray(cotangents))
+            result = maps(self._param_leaves(), x, jax.device_put(cotangents))
             return np.asarray(result, dtype=np.float64)
 
     def _compiled(self, trace: _Trace, name: str, x: Any, cotangents: np.ndarray) -> Any:
         """``maps(params, x, cotangents)``, compiled once per input shape, output and batch."""
-        key = (name, tuple(x.shape), cotangents.shape[0])
+        key = (
+            name,
+            tuple(x.shape),
+            cotangents.shape[0],
+            self._dtype_name,
+            self._linearize,
+            self._narrow,
+        )
         with self._lock:
             if key in trace.compiled:
                 return trace.compiled[key]
@@ -170,7 +198,7 @@ class JaxGradientProvider:
 
             # No compiler_options here: xla_backend_optimization_level=1 halves compile time
             # but the whole suite (TensorFlow in the same process) then aborts.
-            lowered = jax.jit(maps).lower(self._param_leaves(), x, jnp.asarray(cotangents))
+            lowered = jax.jit(maps).lower(self._param_leaves(), x, cotangents)
             compiled = lowered.compile()
             trace.compiled[key] = compiled
             return compiled
@@ -219,24 +247,28 @@ class JaxGradientProvider:
 
     def _param_leaves(self) -> list[Any]:
         with self._lock:
+            if self._params is None and self._linearize:  # constants: shared per model
+                self._params = self._shared.params.get(self._dtype_name)
             if self._params is None:
                 model = self._model
                 params = model.linearized_params if self._linearize else model.params
                 self._params = [self._cast(p) for p in jax.tree.leaves(params)]
+                if self._linearize:
+                    self._shared.params[self._dtype_name] = self._params
             return self._params
 
     def _cast(self, leaf: Any) -> Any:
         dtype = getattr(leaf, "dtype", None)
         if dtype is not None and jnp.issubdtype(dtype, jnp.floating) and dtype != self._dtype_name:
             # Through numpy: a JAX cast compiles one XLA program per distinct shape.
-            return jnp.asarray(np.asarray(leaf).astype(self._dtype_name))
+            return jax.device_put(np.asarray(leaf).astype(self._dtype_name))
         return leaf
 
     def _probe_input(self, shape: tuple[int, ...]) -> Any:
-        if self._linearize:
-            return jnp.ones(shape, dtype=self._dtype_name)
+        if self._linearize:  # numpy: jnp.ones compiles a program per shape
+            return jax.device_put(np.ones(shape, dtype=self._dtype_name))
         values = 0.5 + np.random.default_rng(0).random(shape)
-        return jnp.asarray(values, dtype=self._dtype_name)
+        return jax.device_put(values.astype(self._dtype_name))
 
     def _precision(self) -> Any:
         return jax.enable_x64(True) if self._dtype_name == "float64" else nullcontext()
