@@ -15,6 +15,7 @@ NNX module is split, and merged into a fresh copy inside ``run``; Linen is funct
 from __future__ import annotations
 
 import sys
+import types
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,7 +78,19 @@ def _function(fn: Callable[..., Any], call_kwargs: Mapping[str, Any]) -> Model:
     def run(params: Any, x: Any) -> dict[str, Any]:
         return _with_output_leaves({}, fn(x, **call_kwargs))
 
-    return Model("function", (), (), run)
+    owner, structure = None, None
+    if isinstance(fn, types.FunctionType):  # traced once per shape, as jax.jit does
+        cells = tuple(id(c.cell_contents) for c in fn.__closure__ or () if _filled(c))
+        owner, structure = fn, (fn.__code__, cells)
+    return Model("function", (), (), run, owner=owner, structure=structure)
+
+
+def _filled(cell: Any) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018
+    except ValueError:
+        return False
+    return True
 
 
 def _linen(module: Any, variables: Any, call_kwargs: Mapping[str, Any]) -> Model:

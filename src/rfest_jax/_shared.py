@@ -6,7 +6,8 @@ are kept per model object, held weakly: an entry goes when the model does, and a
 ``_LIMIT`` models are kept. The key holds everything a traced program depends on besides
 the model object: the parameter tree's structure, shapes and dtypes (values enter as
 arguments), the NNX graph definition, the call's keyword arguments and the x64 setting.
-Plain functions are not shared: their jaxpr bakes in whatever they close over.
+A plain function is keyed like ``jax.jit`` keys it, by identity (and by what its closure
+cells hold): like a jitted function, it is assumed to read no global state that changes.
 """
 
 from __future__ import annotations
