@@ -42,9 +42,14 @@ class Model:
     params: Any
     linearized_params: Any
     run: _Run
-    module_paths: tuple[str, ...] = field(default=())
+    list_paths: Callable[[], tuple[str, ...]] = field(default=tuple)
     owner: Any = None  # the Flax module whose traces providers may share (see _shared)
     structure: Any = None  # what besides params and owner fixes the trace (NNX graphdef)
+
+    @property
+    def module_paths(self) -> tuple[str, ...]:
+        """Module paths in definition order (listed on demand: slow for large NNX models)."""
+        return self.list_paths()
 
 
 def as_model(model: Any, call_kwargs: Mapping[str, Any]) -> Model:
@@ -131,7 +136,9 @@ def _nnx(module: Any, call_kwargs: Mapping[str, Any]) -> Model:
         named = dict(_captured(nnx.to_pure_dict(intermediates)))
         return _with_output_leaves(named, out)
 
-    paths = tuple("/".join(str(k) for k in path) for path, _ in nnx.iter_modules(module) if path)
+    def paths() -> tuple[str, ...]:
+        return tuple("/".join(str(k) for k in p) for p, _ in nnx.iter_modules(module) if p)
+
     linearized = (_positive_params(params), rest)
     return Model("nnx", (params, rest), linearized, run, paths, owner=module, structure=graphdef)
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import jax
+import numpy as np
 
 __all__ = ["Shared", "shared_for"]
 
@@ -35,7 +36,7 @@ class Shared:
 
 
 _entries: OrderedDict[Hashable, tuple[weakref.ref[Any], Shared]] = OrderedDict()
-_lock = threading.Lock()
+_lock = threading.RLock()  # re-entered when a collected model's entry is forgotten
 
 
 def shared_for(
@@ -55,10 +56,10 @@ def shared_for(
             avals,
             structure,
             tuple(sorted(call_kwargs.items())),
-            bool(jax.config.jax_enable_x64),
+            str(jax.dtypes.canonicalize_dtype(np.float64)),  # the x64 setting
         )
         hash(key)
-        reference = weakref.ref(owner)
+        weakref.ref(owner)
     except TypeError:  # unhashable keyword arguments, or an owner without weak references
         return Shared()
     with _lock:
@@ -67,13 +68,12 @@ def shared_for(
             _entries.move_to_end(key)
             return entry[1]
         shared = Shared()
-        _entries[key] = (weakref.ref(owner, lambda _, key=key: _forget(key)), shared)
-        del reference
+
+        def forget(_: Any) -> None:
+            with _lock:
+                _entries.pop(key, None)
+
+        _entries[key] = (weakref.ref(owner, forget), shared)
         while len(_entries) > _LIMIT:
             _entries.popitem(last=False)
         return shared
-
-
-def _forget(key: Hashable) -> None:
-    with _lock:
-        _entries.pop(key, None)
