@@ -145,7 +145,6 @@ CASES: dict[str, tuple[Callable[[], Any], tuple[int, ...], str | None]] = {
     "readme nnx": (lambda: nnx_model(ReadmeNetNNX), (40, 40, 3), "conv4"),
     "readme function": (readme_function, (40, 40, 3), None),
     "resnet50 linen": (lambda: linen_pair(ResNet50(width=4), (64, 64, 3)), (64, 64, 3), "layer3"),
-    "resnet50 linen head": (lambda: linen_pair(ResNet50(width=4), (64, 64, 3)), (64, 64, 3), None),
     "resnet50 nnx": (lambda: nnx_model(NNXResNet50, 4), (64, 64, 3), "layer2"),
     "batch norm and dropout (nnx)": (lambda: nnx_model(NNXConvBatchNormDropout), (12, 12, 1), None),
     "non-square": (lambda: linen_pair(NonSquare(), (20, 27, 3)), (20, 27, 3), None),
