@@ -452,12 +452,10 @@ def _reduce_as_mean(rules: _Rules, eqn: Any, invals: list[Value]) -> Value:
 def _reduce_sum(rules: _Rules, eqn: Any, invals: list[Value]) -> Value:
     (x,) = invals
     axes = tuple(eqn.params["axes"])
-    narrowed = [a for a in axes if a in x.narrowed_axes]
-    if not narrowed:
-        (out,) = rules._bind(eqn, [x.widened()], live=True)
+    if x.shape is None:
+        (out,) = rules._bind(eqn, [x], live=True)
         return Value(out.array, True, True)
-    assert x.shape is not None
-    repeats = math.prod(x.shape[a] for a in narrowed)
+    repeats = math.prod(x.shape[a] for a in axes if a in x.narrowed_axes)
     return Value(jnp.sum(x.array, axis=axes) * repeats, True, True)
 
 
