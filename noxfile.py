@@ -68,6 +68,14 @@ def tests_jax(session: nox.Session) -> None:
 
 
 @nox.session
+def props(session: nox.Session) -> None:
+    """The property-based tests, long profile: thousands of random networks per framework."""
+    session.install(*CONSTRAINTS, "-e", ".[all]", "--group", "test", "--group", "tensorflow")
+    session.env["RFEST_HYPOTHESIS"] = "long"
+    session.run("python", "-m", "pytest", "tests/test_properties.py", *session.posargs)
+
+
+@nox.session
 def bench(session: nox.Session) -> None:
     """Speed and memory against one forward+backward pass (benchmarks/bench.py)."""
     _install(session, "-e", ".[all]", "--group", "test", "--group", "tensorflow")

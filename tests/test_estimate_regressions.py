@@ -205,3 +205,13 @@ def test_shrunk_strided_dilated_conv_on_an_input_smaller_than_its_field() -> Non
     # 2, 4, 6: each sees one pixel (0, 1, 2), as a 1 / 1 / 0 field would.
     net = Net(1, (3, 1), (Conv((3, 1), (3, 1), (2, 1), ((4, 4), (0, 0))),))
     _brute_force_and_torch(net)
+
+
+def test_shrunk_single_unit_whose_branches_line_up_only_at_some_sizes() -> None:
+    # k2 s3 p1: r2 j3 first-1; add(k1 s2, max 2/2): r = 2 + 1 * 3 = 5, j6, first -1. At 3
+    # the one unit sees the whole input; the size far away that tells a global pool from
+    # a field must be one the branches line up at.
+    branches = Branches("add", ((Conv((1,), (2,), (1,), "valid"),),
+                                (Pool("max", (2,), (2,), (0,)),)))  # fmt: skip
+    net = Net(1, (3,), (Conv((2,), (3,), (1,), ((1, 1),)), branches))
+    _brute_force_and_torch(net)

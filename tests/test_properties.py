@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
+pytest.importorskip("hypothesis")
+
 # oneDNN's CPU convolution gradients crash on the thin probes (TF 2.21): see docs/keras.md.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 
 import rfest

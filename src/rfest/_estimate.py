@@ -460,7 +460,7 @@ def _measure_axis(
         grow_to: int | None = None
         fit: AxisGeometry | None = None
         if probe.whole:
-            if _output_len(provider, output_name, base, axis, n + max(_FAR, 4 * cap)) == m:
+            if _far_output_len(provider, output_name, base, axis, n + max(_FAR, 4 * cap)) == m:
                 return AxisGeometry(None, None, None, True, n)  # global pooling and the like
             if n >= cap and m > 1:
                 return AxisGeometry(None, None, None, True, n)  # squeeze-excite, attention
@@ -814,6 +814,19 @@ def _check_growth(
             f"before that layer"
         )
     return False
+
+
+def _far_output_len(
+    provider: GradientProvider, output_name: str, base: tuple[int, ...], axis: int, n: int
+) -> int | None:
+    """Output length at ``n`` or at one of the next sizes the model runs at (branches that
+    line up only at some sizes); None if none of them runs."""
+    for size in range(n, n + 8):
+        try:
+            return _output_len(provider, output_name, base, axis, size)
+        except RFEstError:
+            continue
+    return None
 
 
 def _output_len(
