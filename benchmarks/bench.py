@@ -303,6 +303,124 @@ def case_densenet121_keras(repeat: int) -> dict[str, Any]:
     return _keras_case(build, "relu", (224, 224, 3), (2071, 32, 1021), repeat)
 
 
+def _jax_case(
+    model: Any,
+    shape: tuple[int, ...],
+    output: str | None,
+    trunk: Callable[[Any], Any],
+    expected: tuple[int, int, int],
+    label: str,
+    repeat: int,
+) -> dict[str, Any]:
+    """rfest on a JAX model against one jitted float32 ``jax.grad`` of ``trunk`` (the model
+    up to the measured output) at ``shape``. The first calls of both are timed too, rfest's
+    first, each including its compilations, in this fresh process."""
+    import jax
+    import jax.numpy as jnp
+
+    import rfest
+
+    x = jnp.ones((1, *shape), jnp.float32)
+    grad = jax.jit(jax.grad(lambda x: trunk(x).sum()))
+
+    def baseline() -> None:
+        grad(x).block_until_ready()
+
+    start = time.perf_counter()
+    rf = rfest.compute(model, shape, output=output, backend="jax")
+    first_call = time.perf_counter() - start
+    start = time.perf_counter()
+    baseline()
+    first_baseline = time.perf_counter() - start
+    base = _median_time(baseline, repeat)
+    size, stride, padding = expected
+    n = len(shape) - 1
+    assert (rf.size, rf.stride, rf.padding) == ((size,) * n, (stride,) * n, (padding,) * n), rf
+    timed = _median_time(lambda: rfest.compute(model, shape, output=output, backend="jax"), repeat)
+    return {
+        "case": f"{label} {shape} {output or ''} -> {size}/{stride}/{padding}",
+        "baseline_s": base,
+        "rfest_s": timed,
+        "rfest_first_call_s": first_call,
+        "baseline_first_call_s": first_baseline,
+    }
+
+
+def _linen_layer(module: Any, variables: Any, name: str) -> Callable[[Any], Any]:
+    """The Linen model up to ``name`` (its first call), as a function of the input."""
+
+    def trunk(x: Any) -> Any:
+        _, state = module.apply(
+            variables,
+            x,
+            capture_intermediates=lambda m, method: m.name == name,
+            mutable=["intermediates"],
+        )
+        return state["intermediates"][name]["__call__"][0]
+
+    return trunk
+
+
+def case_resnet50_linen(repeat: int) -> dict[str, Any]:
+    from flax_models import ResNet50, linen_pair
+
+    module, variables = linen_pair(ResNet50(), (224, 224, 3))
+    trunk = _linen_layer(module, variables, "layer4")
+    # Worked by hand in case_resnet50_torch: the same layout, 427 / 32 / 213.
+    return _jax_case(
+        (module, variables), (224, 224, 3), "layer4", trunk, (427, 32, 213),
+        "ResNet-50 (Flax Linen)", repeat,
+    )  # fmt: skip
+
+
+def case_resnet50_nnx(repeat: int) -> dict[str, Any]:
+    from flax import nnx
+
+    from flax_models import NNXResNet50, nnx_model
+
+    model: Any = nnx_model(NNXResNet50)
+
+    def trunk(x: Any) -> Any:
+        x = nnx.relu(model.bn1(model.conv1(x)))
+        x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        return model.layer4(model.layer3(model.layer2(model.layer1(x))))
+
+    return _jax_case(
+        model, (224, 224, 3), "layer4", trunk, (427, 32, 213), "ResNet-50 (Flax NNX)", repeat
+    )
+
+
+def case_conv3d_jax(repeat: int) -> dict[str, Any]:
+    import flax.linen as nn
+
+    from flax_models import linen_pair
+
+    class Conv3D(nn.Module):
+        @nn.compact
+        def __call__(self, x: Any) -> Any:
+            x = nn.Conv(16, (3, 3, 3), padding=1)(x)
+            for _ in range(3):
+                x = nn.relu(nn.Conv(16, (3, 3, 3), strides=2, padding=1)(x))
+                x = nn.Conv(16, (3, 3, 3), padding=1)(x)
+            return x
+
+    module, variables = linen_pair(Conv3D(), (64, 64, 64, 1))
+    # By hand as in case_conv3d_torch: 45 / 8 / 22.
+    return _jax_case(
+        (module, variables), (64, 64, 64, 1), None,
+        lambda x: module.apply(variables, x), (45, 8, 22), "3-D conv net (Flax Linen)", repeat,
+    )  # fmt: skip
+
+
+def case_lax_function(repeat: int) -> dict[str, Any]:
+    from flax_models import readme_function
+
+    net = readme_function()
+    # The receptivefield README network in jax.lax: 5, 3, pool 2, 3, 3, pool 2, 3, 3 ->
+    # r 5, 7, 8 (j2), 12, 16, 18 (j4), 26, 34; stride 4, padding 0 (all VALID).
+    return _jax_case(net, (96, 96, 3), None, net, (34, 4, 0), "README net (jax.lax)", repeat)
+
+
 CASES: dict[str, Callable[[int], dict[str, Any]]] = {
     "resnet50": case_resnet50_torch,
     "resnet50-blocks": case_resnet50_all_blocks,
@@ -311,6 +429,10 @@ CASES: dict[str, Callable[[int], dict[str, Any]]] = {
     "conv3d": case_conv3d_torch,
     "inception-v3": case_inception_v3_keras,
     "densenet121": case_densenet121_keras,
+    "resnet50-linen": case_resnet50_linen,
+    "resnet50-nnx": case_resnet50_nnx,
+    "conv3d-jax": case_conv3d_jax,
+    "lax-function": case_lax_function,
 }
 
 
@@ -350,6 +472,12 @@ def main() -> None:
         times = f"{r['rfest_s']:8.2f} {r['baseline_s']:8.2f} {ratio:6.1f}"
         print(f"{r['case']:70} {times} {r['peak_rss_gib']:8.2f}")
         extras = ("rfest_f32_s", "rfest_first_call_s", "square_512_s", "rebuild_s", "per_layer_s")
+        if "baseline_first_call_s" in r:
+            first = r["rfest_first_call_s"] / r["baseline_first_call_s"]
+            print(
+                f"{'  first calls (rfest, 1 f+b), fresh process':70} "
+                f"{r['rfest_first_call_s']:8.2f} {r['baseline_first_call_s']:8.2f} {first:6.1f}"
+            )
         for key in (*extras, "forward_backward_s"):
             if key in r:
                 print(f"{'  ' + key:70} {r[key]:8.2f} {'':8} {r[key] / r['baseline_s']:6.1f}")

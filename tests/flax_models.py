@@ -128,6 +128,61 @@ class ResNet50(nn.Module):
         return nn.Dense(self.num_classes, name="fc")(x.mean(axis=(1, 2)))
 
 
+class NNXBottleneck(nnx.Module):
+    """:class:`Bottleneck` as an NNX module (stride on the 3x3, torchvision's layout)."""
+
+    def __init__(self, cin: int, planes: int, stride: int, *, rngs: nnx.Rngs) -> None:
+        out = planes * 4
+        self.conv1 = nnx.Conv(cin, planes, (1, 1), use_bias=False, rngs=rngs)
+        self.bn1 = nnx.BatchNorm(planes, use_running_average=True, rngs=rngs)
+        self.conv2 = nnx.Conv(
+            planes, planes, (3, 3), strides=stride, padding=((1, 1), (1, 1)), use_bias=False,
+            rngs=rngs,
+        )  # fmt: skip
+        self.bn2 = nnx.BatchNorm(planes, use_running_average=True, rngs=rngs)
+        self.conv3 = nnx.Conv(planes, out, (1, 1), use_bias=False, rngs=rngs)
+        self.bn3 = nnx.BatchNorm(out, use_running_average=True, rngs=rngs)
+        self.downsample = (
+            nnx.Conv(cin, out, (1, 1), strides=stride, use_bias=False, rngs=rngs)
+            if stride != 1 or cin != out
+            else None
+        )
+
+    def __call__(self, x: Array) -> Array:
+        y = nnx.relu(self.bn1(self.conv1(x)))
+        y = nnx.relu(self.bn2(self.conv2(y)))
+        y = self.bn3(self.conv3(y))
+        identity = x if self.downsample is None else self.downsample(x)
+        return nnx.relu(y + identity)
+
+
+class NNXResNet50(nnx.Module):
+    """:class:`ResNet50` as an NNX module: ``layer1``..``layer4`` are lists of bottlenecks."""
+
+    def __init__(self, width: int = 64, *, rngs: nnx.Rngs) -> None:
+        w = width
+        self.conv1 = nnx.Conv(
+            3, w, (7, 7), strides=2, padding=((3, 3), (3, 3)), use_bias=False, rngs=rngs
+        )
+        self.bn1 = nnx.BatchNorm(w, use_running_average=True, rngs=rngs)
+        cin = w
+        stages = []
+        for planes, blocks, stride in ((w, 3, 1), (2 * w, 4, 2), (4 * w, 6, 2), (8 * w, 3, 2)):
+            stage = []
+            for k in range(blocks):
+                stage.append(NNXBottleneck(cin, planes, stride if k == 0 else 1, rngs=rngs))
+                cin = planes * 4
+            stages.append(nnx.Sequential(*stage))
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.fc = nnx.Linear(cin, 1000, rngs=rngs)
+
+    def __call__(self, x: Array) -> Array:
+        x = nnx.relu(self.bn1(self.conv1(x)))
+        x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(x.mean(axis=(1, 2)))
+
+
 def linen_pair(module: nn.Module, input_shape: Sequence[int], seed: int = 0) -> tuple[Any, Any]:
     """``(module, variables)`` as a Flax user holds them after ``init``."""
     # Compiled: an eager init runs (and compiles) every initializer op by op, seconds.

@@ -181,6 +181,17 @@ def test_probes_are_batched_and_thin() -> None:
     assert confirmations == [(448, 448)]
 
 
+def test_a_backend_can_decline_thin_probes() -> None:
+    # thin_probes=False (a backend paying a compilation per probe shape): each axis is
+    # measured at the user's size in the other axis, with no confirmation probe.
+    provider = FakeProvider([Axis(427, 32, symmetric(213))] * 2, (224, 224))
+    provider.thin_probes = False  # type: ignore[attr-defined]
+    rf = measure(provider)
+    assert (rf.size, rf.stride, rf.padding) == ((427, 427), (32, 32), (213, 213))
+    assert all(min(shape) >= 224 for shape, _ in provider.calls)
+    assert all(count > 1 for _, count in provider.calls)
+
+
 class LosesPathsWhenThin(FakeProvider):
     """A branch whose field along axis 0 shows only when axis 1 is wide (a lost route)."""
 

@@ -163,10 +163,15 @@ def estimate(
             f"has {len(base)} {base}: rfest cannot tell which output axis follows which input "
             f"axis; choose an output that keeps the input's spatial axes"
         )
-    else:
+    elif getattr(provider, "thin_probes", True):
         axes = _measure_axes_thin_first(
             provider, scout or provider, output_name, base, out_shape, max_input_size
         )
+    else:  # every probe shape costs the backend more than its size does (a compilation)
+        axes = [
+            _measure_axis(provider, output_name, base, out_shape, axis, max_input_size)
+            for axis in range(len(base))
+        ]
     return with_patterns(_result(output_name, base, out_shape, axes), axes)
 
 

@@ -43,6 +43,9 @@ class GradientProvider(Protocol):
     Optional: ``float32_scout`` (default True). When float64 is asked for, ``compute``
     also makes a float32 provider for the cheap thin probes and confirms its answers in
     float64; a backend for which a second provider costs more than it saves sets it False.
+    Optional: ``thin_probes`` (default True). Each axis is first measured on an input thin
+    in the other axes; a backend for which each new probe shape costs more than its size
+    (a compilation per shape) sets it False, and each axis is measured at the user's size.
     ``gradient_maps_many(spatial_shape, [(output_name, units), ...])``, one array per
     request as ``gradient_maps`` gives it, lets `rfest.report` serve many layers' requests
     in one pass (see ``rfest._batch``); ``execution_order()`` and ``inferred_input_shape``

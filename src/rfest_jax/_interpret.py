@@ -23,12 +23,22 @@ Primitives with no live operand run unchanged. With ``linearize=True``, on live 
 Calls (``jit``, ``custom_jvp_call``, ``custom_vjp_call``, ``closed_call``, ``remat``) are
 entered and rewritten too; control flow (``scan``, ``while``, ``cond``) runs unchanged.
 Floating-point values are computed in the requested dtype throughout.
+
+With ``narrow=True`` (linearized only) values are kept *narrowed*: linearized, every
+weight is one constant, so all channels a convolution or dense layer produces are equal,
+and a value is stored with such axes cut to length one (its ``shape`` says the full,
+logical shape; the full value is the stored array broadcast to it). Convolutions, dense
+layers, arithmetic, pooling, reductions, broadcasts, slices, padding, concatenation and
+reshapes that keep those axes whole compute on the narrowed arrays; every other primitive
+(gathers, scans, control flow, grouped convolutions of an input whose channels differ,
+products of two live values in ``dot_general``) sees the full value, so results never
+change, only their cost.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,15 +119,75 @@ _KEEPS_STAT = frozenset(
 )
 _FIRST_LIVE = frozenset({"pow", "atan2", "rem", "nextafter", "clamp"})
 _SCANS = frozenset({"cummax", "cummin", "cumprod", "cumlogsumexp"})
+_ELEMENTWISE = _POINTWISE | frozenset(
+    {
+        "add",
+        "add_any",
+        "sub",
+        "mul",
+        "div",
+        "max",
+        "min",
+        "pow",
+        "atan2",
+        "rem",
+        "nextafter",
+        "clamp",
+        "select_n",
+        "eq",
+        "ne",
+        "lt",
+        "le",
+        "gt",
+        "ge",
+        "and",
+        "or",
+        "not",
+        "xor",
+        "is_finite",
+        "convert_element_type",
+        "copy",
+        "copy_p",
+        "real",
+        "imag",
+        "conj",
+        "logistic",
+        "sign",
+    }
+)
 
 
 @dataclass(frozen=True)
 class Value:
-    """An array in the evaluation, with whether it depends on the input and is a statistic."""
+    """An array in the evaluation, with whether it depends on the input and is a statistic.
+
+    ``shape``, when set, is the full shape of a narrowed value: ``array`` has length one
+    on the axes along which the value does not change, and stands for
+    ``broadcast_to(array, shape)`` (see :meth:`full`).
+    """
 
     array: Any
     live: bool = False
     stat: bool = False
+    shape: tuple[int, ...] | None = None
+
+    def full(self) -> Any:
+        """The value at its full shape (the array itself when not narrowed)."""
+        if self.shape is None or tuple(jnp.shape(self.array)) == self.shape:
+            return self.array
+        return jnp.broadcast_to(self.array, self.shape)
+
+    def widened(self) -> Value:
+        """This value, not narrowed."""
+        return self if self.shape is None else Value(self.full(), self.live, self.stat)
+
+    @property
+    def narrowed_axes(self) -> tuple[int, ...]:
+        """Axes stored at length one that are longer in the full value."""
+        if self.shape is None:
+            return ()
+        stored = jnp.shape(self.array)
+        return tuple(a for a, n in enumerate(self.shape) if n > 1 and stored[a] == 1)
 
 
 def needed_equations(jaxpr: Jaxpr, outputs: Sequence[int]) -> list[int]:
@@ -141,33 +211,54 @@ def evaluate(
     dtype: Any,
     outputs: Sequence[int] | None = None,
     equations: Sequence[int] | None = None,
+    narrow: bool = False,
 ) -> list[Value]:
-    """Run ``jaxpr`` on ``args``; floating values in ``dtype``, rewritten if ``linearize``."""
-    env: dict[Var, Value] = {}
-    rules = _Rules(linearize, np.dtype(dtype))
+    """Run ``jaxpr`` on ``args``; floating values in ``dtype``, rewritten if ``linearize``.
 
-    def read(atom: Any) -> Value:
-        if isinstance(atom, Literal):
-            return Value(rules.promote(atom.val))
-        return env[atom]
-
-    for var, const in zip(jaxpr.constvars, consts, strict=True):
-        env[var] = Value(rules.promote(const))
-    for var, arg in zip(jaxpr.invars, args, strict=True):
-        env[var] = Value(rules.promote(arg.array), arg.live, arg.stat)
-    eqns = jaxpr.eqns if equations is None else [jaxpr.eqns[i] for i in equations]
-    for eqn in eqns:
-        outs = rules.apply(eqn, [read(v) for v in eqn.invars])
-        for var, out in zip(eqn.outvars, outs, strict=True):
-            env[var] = out
-    wanted = range(len(jaxpr.outvars)) if outputs is None else outputs
-    return [read(jaxpr.outvars[k]) for k in wanted]
+    ``narrow`` (used only with ``linearize``) computes channel-uniform values on one
+    channel (see the module docstring); the returned values are never narrowed.
+    Stable entry point: other backends (Keras on JAX) call it with these arguments.
+    """
+    rules = _Rules(linearize, np.dtype(dtype), narrow and linearize)
+    outs = rules.run(jaxpr, consts, args, outputs=outputs, equations=equations)
+    return [v.widened() for v in outs]
 
 
 class _Rules:
-    def __init__(self, linearize: bool, dtype: np.dtype[Any]) -> None:
+    def __init__(self, linearize: bool, dtype: np.dtype[Any], narrow: bool = False) -> None:
         self.linearize = linearize
         self.dtype = dtype
+        self.narrow = narrow
+
+    def run(
+        self,
+        jaxpr: Jaxpr,
+        consts: Sequence[Any],
+        args: Sequence[Value],
+        *,
+        outputs: Sequence[int] | None = None,
+        equations: Sequence[int] | None = None,
+    ) -> list[Value]:
+        env: dict[Var, Value] = {}
+
+        def read(atom: Any) -> Value:
+            if isinstance(atom, Literal):
+                return Value(self.promote(atom.val))
+            return env[atom]
+
+        for var, const in zip(jaxpr.constvars, consts, strict=True):
+            env[var] = Value(self.promote(const))
+        for var, arg in zip(jaxpr.invars, args, strict=True):
+            if not self.narrow:
+                arg = arg.widened()
+            env[var] = Value(self.promote(arg.array), arg.live, arg.stat, arg.shape)
+        eqns = jaxpr.eqns if equations is None else [jaxpr.eqns[i] for i in equations]
+        for eqn in eqns:
+            outs = self.apply(eqn, [read(v) for v in eqn.invars])
+            for var, out in zip(eqn.outvars, outs, strict=True):
+                env[var] = out
+        wanted = range(len(jaxpr.outvars)) if outputs is None else outputs
+        return [read(jaxpr.outvars[k]) for k in wanted]
 
     def promote(self, array: Any) -> Any:
         kind = jnp.result_type(array)
@@ -191,28 +282,33 @@ class _Rules:
             rule = _scan_as_cumsum
         if rule is not None:
             out = rule(self, eqn, invals)
-            return [Value(self._shaped(out.array, eqn.outvars[0].aval), out.live, out.stat)]
-        outs = self._bind(eqn, invals, live=True)
+            return [self._shaped(out, eqn.outvars[0].aval)]
+        if self.narrow and any(v.narrowed_axes for v in invals):
+            outs = self._bind_narrowed(eqn, invals)
+        else:
+            outs = self._bind(eqn, invals, live=True)
         if name in _KEEPS_STAT and invals[0].stat:
-            return [Value(o.array, o.live, True) for o in outs]
+            return [Value(o.array, o.live, True, o.shape) for o in outs]
         return outs
 
     def _call(self, sub: Any, invals: list[Value]) -> list[Value]:
         jaxpr, consts = (sub.jaxpr, sub.consts) if isinstance(sub, ClosedJaxpr) else (sub, ())
-        return evaluate(jaxpr, consts, invals, linearize=self.linearize, dtype=self.dtype)
+        return self.run(jaxpr, consts, invals)
 
-    def _bind(self, eqn: Any, invals: list[Value], *, live: bool) -> list[Value]:
-        params = dict(eqn.params)
+    def _bind(
+        self, eqn: Any, invals: list[Value], *, live: bool, params: dict[str, Any] | None = None
+    ) -> list[Value]:
+        params = dict(eqn.params) if params is None else params
         subjaxprs = any(_holds_jaxpr(p) for p in params.values())
         if subjaxprs:  # control flow: run as traced, in the dtypes it was traced with
             arrays = [
-                jnp.asarray(v.array).astype(a.aval.dtype)
+                jnp.asarray(v.full()).astype(a.aval.dtype)
                 if hasattr(a.aval, "dtype") and jnp.issubdtype(a.aval.dtype, jnp.floating)
-                else v.array
+                else v.full()
                 for v, a in zip(invals, eqn.invars, strict=True)
             ]
         else:
-            arrays = [v.array for v in invals]
+            arrays = [v.full() for v in invals]
             keys = ["preferred_element_type"]
             if eqn.primitive.name == "convert_element_type":
                 keys.append("new_dtype")
@@ -220,23 +316,64 @@ class _Rules:
                 kind = params.get(key)
                 if kind is not None and jnp.issubdtype(kind, jnp.floating):
                     params[key] = self.dtype
+        return [Value(r, live) for r in self._raw_bind(eqn, arrays, params)]
+
+    def _raw_bind(self, eqn: Any, arrays: Sequence[Any], params: dict[str, Any]) -> list[Any]:
         bound = eqn.primitive.get_bind_params(params)
         subfuns, bind_params = bound if isinstance(bound, tuple) else ((), bound)  # jax < 0.7
         result = eqn.primitive.bind(*subfuns, *arrays, **bind_params)
         results = result if eqn.primitive.multiple_results else [result]
-        return [Value(self.promote(r), live) for r in results]
+        return [self.promote(r) for r in results]
 
-    def _shaped(self, array: Any, aval: Any) -> Any:
-        array = self.promote(array)
-        if tuple(jnp.shape(array)) != tuple(aval.shape):
-            array = jnp.broadcast_to(array, aval.shape)
-        return array
+    def _bind_narrowed(self, eqn: Any, invals: list[Value]) -> list[Value]:
+        """A primitive with a narrowed operand: on the narrowed arrays where that is exact."""
+        name = eqn.primitive.name
+        rule = _NARROW_RULES.get(name)
+        if rule is not None:
+            out = rule(self, eqn, invals)
+            if out is not None:
+                return [self._shaped(out, eqn.outvars[0].aval)]
+        elif name in _ELEMENTWISE and not eqn.primitive.multiple_results:
+            arrays = _common_arrays(invals)
+            params = dict(eqn.params)
+            if name == "convert_element_type":
+                kind = params.get("new_dtype")
+                if kind is not None and jnp.issubdtype(kind, jnp.floating):
+                    params["new_dtype"] = self.dtype
+            (out,) = self._raw_bind(eqn, arrays, params)
+            return [self._shaped(Value(out, True), eqn.outvars[0].aval)]
+        return self._bind(eqn, invals, live=True)
+
+    def _shaped(self, out: Value, aval: Any) -> Value:
+        """``out`` at ``aval``'s shape: narrowed when allowed and its array broadcasts to it."""
+        array = self.promote(out.array)
+        shape = tuple(aval.shape)
+        stored = tuple(jnp.shape(array))
+        if stored == shape:
+            return Value(array, out.live, out.stat)
+        if (
+            self.narrow
+            and len(stored) == len(shape)
+            and all(s in (1, n) for s, n in zip(stored, shape, strict=True))
+        ):
+            return Value(array, out.live, out.stat, shape)
+        return Value(jnp.broadcast_to(array, shape), out.live, out.stat)
 
 
 def _holds_jaxpr(param: Any) -> bool:
     if isinstance(param, (Jaxpr, ClosedJaxpr)):
         return True
     return isinstance(param, (tuple, list)) and any(_holds_jaxpr(p) for p in param)
+
+
+def _common_arrays(invals: Sequence[Value]) -> list[Any]:
+    """The operands of an elementwise primitive, broadcast to one shape (scalars stay)."""
+    shapes = [tuple(jnp.shape(v.array)) for v in invals]
+    common = np.broadcast_shapes(*shapes)
+    return [
+        v.array if s == () or s == common else jnp.broadcast_to(v.array, common)
+        for v, s in zip(invals, shapes, strict=True)
+    ]
 
 
 def _live(invals: list[Value]) -> list[Value]:
@@ -295,7 +432,10 @@ def _div(rules: _Rules, eqn: Any, invals: list[Value]) -> Value:
 def _select(rules: _Rules, eqn: Any, invals: list[Value]) -> Value:
     cases = invals[1:]
     if not any(v.live for v in cases):
-        (out,) = rules._bind(eqn, invals, live=True)
+        if rules.narrow:
+            (out,) = rules._bind_narrowed(eqn, invals)
+        else:
+            (out,) = rules._bind(eqn, invals, live=True)
         return out
     return _mean_of_live(cases)
 
@@ -305,18 +445,25 @@ def _max_min(rules: _Rules, eqn: Any, invals: list[Value]) -> Value:
 
 
 def _reduce_as_mean(rules: _Rules, eqn: Any, invals: list[Value]) -> Value:
-    (x,) = invals
+    (x,) = invals  # a mean over a narrowed axis is its one stored entry: exact as it is
     return Value(jnp.mean(x.array, axis=tuple(eqn.params["axes"])), True, True)
 
 
 def _reduce_sum(rules: _Rules, eqn: Any, invals: list[Value]) -> Value:
-    (out,) = rules._bind(eqn, invals, live=True)
-    return Value(out.array, True, True)
+    (x,) = invals
+    axes = tuple(eqn.params["axes"])
+    if x.shape is None:
+        (out,) = rules._bind(eqn, [x], live=True)
+        return Value(out.array, True, True)
+    repeats = math.prod(x.shape[a] for a in axes if a in x.narrowed_axes)
+    return Value(jnp.sum(x.array, axis=axes) * repeats, True, True)
 
 
 def _window_as_mean(rules: _Rules, eqn: Any, invals: list[Value]) -> Value:
-    x = invals[0]
     p = eqn.params
+    x = invals[0]
+    if not _window_keeps(x, p):
+        x = x.widened()
     array = x.array
     total = lax.reduce_window(
         array,
@@ -331,13 +478,27 @@ def _window_as_mean(rules: _Rules, eqn: Any, invals: list[Value]) -> Value:
     return Value(total / math.prod(p["window_dimensions"]), True)
 
 
+def _window_keeps(x: Value, p: Mapping[str, Any]) -> bool:
+    """A window of one entry (no stride, padding or dilation) along every narrowed axis."""
+    return all(
+        p["window_dimensions"][a] == 1
+        and p["window_strides"][a] == 1
+        and tuple(p["padding"][a]) == (0, 0)
+        and p["base_dilation"][a] == 1
+        and p["window_dilation"][a] == 1
+        for a in x.narrowed_axes
+    )
+
+
 def _scan_as_cumsum(rules: _Rules, eqn: Any, invals: list[Value]) -> Value:
     (x,) = invals
+    if eqn.params["axis"] in x.narrowed_axes:
+        x = x.widened()
     return Value(lax.cumsum(x.array, eqn.params["axis"], eqn.params["reverse"]), True)
 
 
 def _stop_gradient(rules: _Rules, eqn: Any, invals: list[Value]) -> Value:
-    return Value(invals[0].array)
+    return Value(invals[0].full())
 
 
 def _positive(like: Any, fan_in: int) -> Any:
@@ -346,17 +507,96 @@ def _positive(like: Any, fan_in: int) -> Any:
 
 def _conv(rules: _Rules, eqn: Any, invals: list[Value]) -> Value:
     lhs, rhs = invals
+    if rules.narrow and lhs.live and not rhs.live:
+        out = _conv_narrowed(rules, eqn, lhs, rhs)
+        if out is not None:
+            return out
+    lhs = lhs.widened()
     if lhs.live and not rhs.live:
         out_axis = eqn.params["dimension_numbers"].rhs_spec[0]
         shape = jnp.shape(rhs.array)
         rhs = Value(_positive(rhs.array, math.prod(shape) // shape[out_axis]))
-    (out,) = rules._bind(eqn, [lhs, rhs], live=True)
+    (out,) = rules._bind(eqn, [lhs, rhs.widened()], live=True)
     return out
+
+
+def _conv_narrowed(rules: _Rules, eqn: Any, lhs: Value, rhs: Value) -> Value | None:
+    """A constant kernel ``w``: output channel ``o`` is ``w`` times the windowed sum of its
+    group's input channels, the same for every ``o`` when the groups' inputs agree: one
+    single-channel convolution of the summed input (of one input channel times the group
+    width, when the input is narrowed along its channels already)."""
+    params = dict(eqn.params)
+    numbers = params["dimension_numbers"]
+    feature, out_axis, in_axis = numbers.lhs_spec[1], numbers.rhs_spec[0], numbers.rhs_spec[1]
+    groups = params["feature_group_count"]
+    if params["batch_group_count"] != 1:
+        return None
+    spatial = [a for a in lhs.narrowed_axes if a != feature]
+    if spatial:  # uniform along space does not survive the borders: compute them
+        assert lhs.shape is not None
+        lhs = Value(jnp.broadcast_to(lhs.array, _restored(lhs, spatial)), True, lhs.stat, lhs.shape)
+    width = (lhs.shape or jnp.shape(lhs.array))[feature]
+    if feature in lhs.narrowed_axes:
+        single, scale = lhs.array, width // groups
+    elif groups == 1:
+        single, scale = jnp.sum(lhs.array, axis=feature, keepdims=True), 1
+    else:
+        return None
+    kernel_shape = tuple(jnp.shape(rhs.array))
+    fan_in = max(math.prod(kernel_shape) // kernel_shape[out_axis], 1)
+    single = rules.promote(single)
+    if numbers.lhs_spec == numbers.out_spec and all(
+        lo >= 0 and hi >= 0 for lo, hi in params["padding"]
+    ):
+        return Value(_box_sum(single, eqn, kernel_shape) * (scale / fan_in), True)
+    kernel = jnp.full(
+        tuple(1 if a in (out_axis, in_axis) else n for a, n in enumerate(kernel_shape)),
+        scale / fan_in,
+        dtype=rules.dtype,
+    )
+    params["feature_group_count"] = 1
+    if params.get("preferred_element_type") is not None:
+        params["preferred_element_type"] = rules.dtype
+    (out,) = rules._raw_bind(eqn, [single, kernel], params)
+    return Value(out, True)
+
+
+def _box_sum(x: Any, eqn: Any, kernel_shape: tuple[int, ...]) -> Any:
+    """A one-channel convolution with a kernel of ones, as a windowed sum (cheaper to compile)."""
+    p = eqn.params
+    numbers = p["dimension_numbers"]
+    ndim = len(kernel_shape)
+    window, strides, padding = [1] * ndim, [1] * ndim, [(0, 0)] * ndim
+    base, dilation = [1] * ndim, [1] * ndim
+    for i, (axis, k_axis) in enumerate(
+        zip(numbers.lhs_spec[2:], numbers.rhs_spec[2:], strict=True)
+    ):
+        window[axis] = kernel_shape[k_axis]
+        strides[axis] = p["window_strides"][i]
+        padding[axis] = tuple(p["padding"][i])
+        base[axis] = (p["lhs_dilation"] or (1,) * (ndim - 2))[i]
+        dilation[axis] = (p["rhs_dilation"] or (1,) * (ndim - 2))[i]
+    if window == strides == base == [1] * ndim and all(pad == (0, 0) for pad in padding):
+        return x
+    return lax.reduce_window(
+        x, np.array(0, x.dtype), lax.add, window, strides, padding, base, dilation
+    )
+
+
+def _restored(x: Value, axes: Sequence[int]) -> tuple[int, ...]:
+    """The stored shape of ``x`` with ``axes`` back at their full length."""
+    assert x.shape is not None
+    stored = list(jnp.shape(x.array))
+    for a in axes:
+        stored[a] = x.shape[a]
+    return tuple(stored)
 
 
 def _dot(rules: _Rules, eqn: Any, invals: list[Value]) -> Value:
     (contract_lhs, contract_rhs), _ = eqn.params["dimension_numbers"]
-    operands = list(invals)
+    if rules.narrow and [v.live for v in invals].count(True) == 1:
+        return _dot_narrowed(rules, eqn, invals)
+    operands = [v.widened() for v in invals]
     for k, contract in enumerate((contract_lhs, contract_rhs)):
         if not operands[k].live:
             shape = jnp.shape(operands[k].array)
@@ -365,7 +605,137 @@ def _dot(rules: _Rules, eqn: Any, invals: list[Value]) -> Value:
     return out
 
 
+def _dot_narrowed(rules: _Rules, eqn: Any, invals: list[Value]) -> Value:
+    """One live operand and a constant ``w``: every free entry of the constant's side sums
+    the same inputs, so the output is narrowed along them; the constant is one entry long
+    wherever the live operand is narrowed or the axis is free."""
+    params = dict(eqn.params)
+    (contract_lhs, contract_rhs), (batch_lhs, batch_rhs) = params["dimension_numbers"]
+    k = 0 if invals[0].live else 1
+    x, const = invals[k], invals[1 - k]
+    x_contract, c_contract = (
+        (contract_lhs, contract_rhs) if k == 0 else (contract_rhs, contract_lhs)
+    )
+    x_batch, c_batch = (batch_lhs, batch_rhs) if k == 0 else (batch_rhs, batch_lhs)
+    full_const = tuple(jnp.shape(const.full()))
+    fan_in = math.prod(full_const[d] for d in c_contract)
+    stored = jnp.shape(x.array)
+    shape = [1] * len(full_const)
+    for xa, ca in (*zip(x_contract, c_contract, strict=True), *zip(x_batch, c_batch, strict=True)):
+        shape[ca] = stored[xa]
+    repeats = math.prod(
+        full_const[ca]
+        for xa, ca in zip(x_contract, c_contract, strict=True)
+        if xa in x.narrowed_axes
+    )
+    constant = jnp.full(shape, repeats / max(fan_in, 1), dtype=rules.dtype)
+    operands = [x.array, constant] if k == 0 else [constant, x.array]
+    if params.get("preferred_element_type") is not None:
+        params["preferred_element_type"] = rules.dtype
+    (out,) = rules._raw_bind(eqn, [rules.promote(o) for o in operands], params)
+    return Value(out, True)
+
+
+def _broadcast_narrowed(rules: _Rules, eqn: Any, invals: list[Value]) -> Value | None:
+    """New axes of a broadcast are uniform: they stay one entry long, as narrowed ones do."""
+    (x,) = invals
+    params = dict(eqn.params)
+    stored = jnp.shape(x.array)
+    shape = [1] * len(params["shape"])
+    for source, target in enumerate(params["broadcast_dimensions"]):
+        shape[target] = stored[source]
+    params["shape"] = tuple(shape)
+    (out,) = rules._raw_bind(eqn, [x.array], params)
+    return Value(out, True, x.stat)
+
+
+def _reshape_narrowed(rules: _Rules, eqn: Any, invals: list[Value]) -> Value | None:
+    """A reshape that keeps every narrowed axis whole (one axis in, one axis out)."""
+    (x,) = invals
+    assert x.shape is not None
+    if eqn.params.get("dimensions") is not None:
+        return None
+    target = list(eqn.params["new_sizes"])
+    for ins, outs in _reshape_groups(x.shape, tuple(target)):
+        narrowed = [a for a in ins if a in x.narrowed_axes]
+        if not narrowed:
+            continue
+        long_in = [a for a in ins if x.shape[a] > 1]
+        long_out = [a for a in outs if target[a] > 1]
+        if len(long_in) != 1 or len(long_out) != 1:
+            return None
+        target[long_out[0]] = 1
+    return Value(jnp.reshape(x.array, target), True, x.stat)
+
+
+def _reshape_groups(
+    before: tuple[int, ...], after: tuple[int, ...]
+) -> list[tuple[list[int], list[int]]]:
+    """Runs of axes of ``before`` and ``after`` holding the same entries, in order."""
+    groups: list[tuple[list[int], list[int]]] = []
+    i = j = 0
+    while i < len(before) or j < len(after):
+        ins, outs = [], []
+        size_in = size_out = 1
+        while True:
+            if size_in <= size_out and i < len(before):
+                size_in *= before[i]
+                ins.append(i)
+                i += 1
+            elif j < len(after):
+                size_out *= after[j]
+                outs.append(j)
+                j += 1
+            else:
+                break
+            if (
+                size_in == size_out
+                and (i == len(before) or before[i] != 1)
+                and (j == len(after) or after[j] != 1)
+            ):
+                break
+        groups.append((ins, outs))
+    return groups
+
+
+def _slice_narrowed(rules: _Rules, eqn: Any, invals: list[Value]) -> Value | None:
+    """A slice of an axis along which a value does not change does not change along it."""
+    (x,) = invals
+    params = dict(eqn.params)
+    start, limit = list(params["start_indices"]), list(params["limit_indices"])
+    strides = list(params["strides"] or [1] * len(start))
+    for a in x.narrowed_axes:
+        start[a], limit[a], strides[a] = 0, 1, 1
+    params.update(start_indices=tuple(start), limit_indices=tuple(limit), strides=tuple(strides))
+    (out,) = rules._raw_bind(eqn, [x.array], params)
+    return Value(out, True, x.stat)
+
+
+def _pad_narrowed(rules: _Rules, eqn: Any, invals: list[Value]) -> Value | None:
+    x, value = invals
+    if value.live or any(
+        tuple(eqn.params["padding_config"][a]) != (0, 0, 0) for a in x.narrowed_axes
+    ):
+        return None
+    (out,) = rules._raw_bind(eqn, [x.array, value.full()], dict(eqn.params))
+    return Value(out, True)
+
+
+def _concatenate_narrowed(rules: _Rules, eqn: Any, invals: list[Value]) -> Value | None:
+    """Concatenation stays narrowed along the other axes that all operands narrow."""
+    axis = eqn.params["dimension"]
+    keep = set.intersection(*(set(v.narrowed_axes) for v in invals)) - {axis}
+    arrays = []
+    for v in invals:
+        full_v = v.shape or tuple(jnp.shape(v.array))
+        target = tuple(1 if a in keep else n for a, n in enumerate(full_v))
+        arrays.append(jnp.broadcast_to(v.array, target))
+    (out,) = rules._raw_bind(eqn, arrays, dict(eqn.params))
+    return Value(out, True)
+
+
 _Rule = Callable[[_Rules, Any, list[Value]], Value]
+_NarrowRule = Callable[[_Rules, Any, list[Value]], "Value | None"]
 
 _RULES: dict[str, _Rule] = {
     "add": _add,
@@ -386,4 +756,18 @@ _RULES: dict[str, _Rule] = {
     "stop_gradient": _stop_gradient,
     "conv_general_dilated": _conv,
     "dot_general": _dot,
+}
+
+_NARROW_RULES: dict[str, _NarrowRule] = {
+    "broadcast_in_dim": _broadcast_narrowed,
+    "reshape": _reshape_narrowed,
+    "squeeze": lambda rules, eqn, invals: Value(
+        rules._raw_bind(eqn, [invals[0].array], dict(eqn.params))[0], True, invals[0].stat
+    ),
+    "transpose": lambda rules, eqn, invals: Value(
+        rules._raw_bind(eqn, [invals[0].array], dict(eqn.params))[0], True, invals[0].stat
+    ),
+    "slice": _slice_narrowed,
+    "pad": _pad_narrowed,
+    "concatenate": _concatenate_narrowed,
 }

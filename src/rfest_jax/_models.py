@@ -15,12 +15,14 @@ NNX module is split, and merged into a fresh copy inside ``run``; Linen is funct
 from __future__ import annotations
 
 import sys
+import types
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rfest import UnrecognizedModelError
 
@@ -44,7 +46,14 @@ class Model:
     params: Any
     linearized_params: Any
     run: _Run
-    module_paths: tuple[str, ...] = field(default=())
+    list_paths: Callable[[], tuple[str, ...]] = field(default=tuple)
+    owner: Any = None  # the Flax module whose traces providers may share (see _shared)
+    structure: Any = None  # what besides params and owner fixes the trace (NNX graphdef)
+
+    @property
+    def module_paths(self) -> tuple[str, ...]:
+        """Module paths in definition order (listed on demand: slow for large NNX models)."""
+        return self.list_paths()
 
 
 def as_model(model: Any, call_kwargs: Mapping[str, Any]) -> Model:
@@ -78,7 +87,19 @@ def _function(fn: Callable[..., Any], call_kwargs: Mapping[str, Any]) -> Model:
     def run(params: Any, x: Any) -> dict[str, Any]:
         return _with_output_leaves({}, fn(x, **call_kwargs))
 
-    return Model("function", (), (), run)
+    owner, structure = None, None
+    if isinstance(fn, types.FunctionType):  # traced once per shape, as jax.jit does
+        cells = tuple(id(c.cell_contents) for c in fn.__closure__ or () if _filled(c))
+        owner, structure = fn, (fn.__code__, cells)
+    return Model("function", (), (), run, owner=owner, structure=structure)
+
+
+def _filled(cell: Any) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018
+    except ValueError:
+        return False
+    return True
 
 
 def _linen(module: Any, variables: Any, call_kwargs: Mapping[str, Any]) -> Model:
@@ -104,7 +125,7 @@ def _linen(module: Any, variables: Any, call_kwargs: Mapping[str, Any]) -> Model
     linearized = {
         name: _positive_params(tree) if name == "params" else tree for name, tree in kept.items()
     }
-    return Model("linen", kept, linearized, run)
+    return Model("linen", kept, linearized, run, owner=module)
 
 
 def _nnx(module: Any, call_kwargs: Mapping[str, Any]) -> Model:
@@ -119,8 +140,11 @@ def _nnx(module: Any, call_kwargs: Mapping[str, Any]) -> Model:
         named = dict(_captured(nnx.to_pure_dict(intermediates)))
         return _with_output_leaves(named, out)
 
-    paths = tuple("/".join(str(k) for k in path) for path, _ in nnx.iter_modules(module) if path)
-    return Model("nnx", (params, rest), (_positive_params(params), rest), run, paths)
+    def paths() -> tuple[str, ...]:
+        return tuple("/".join(str(k) for k in p) for p, _ in nnx.iter_modules(module) if p)
+
+    linearized = (_positive_params(params), rest)
+    return Model("nnx", (params, rest), linearized, run, paths, owner=module, structure=graphdef)
 
 
 def _captured(tree: Any, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, Any]]:
@@ -163,11 +187,12 @@ def _positive_params(tree: Any) -> Any:
         if not _is_array(leaf) or not jnp.issubdtype(leaf.dtype, jnp.floating):
             return leaf
         names = [_key_name(k) for k in path]
+        # numpy, not jnp.full: JAX would compile one XLA program per distinct shape.
         if "bias" in names[-2:]:
-            return jnp.zeros(leaf.shape, leaf.dtype)
+            return np.zeros(leaf.shape, leaf.dtype)
         fan_in = 1
         for size in leaf.shape[:-1]:
             fan_in *= int(size)
-        return jnp.full(leaf.shape, 1.0 / fan_in, leaf.dtype)
+        return np.full(leaf.shape, 1.0 / fan_in, leaf.dtype)
 
     return jax.tree_util.tree_map_with_path(positive, tree)

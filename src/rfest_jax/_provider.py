@@ -21,9 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rfest import InputShapeError, OutputNotFoundError, kit
+from rfest import InputShapeError, OptionError, OutputNotFoundError, kit
 from rfest_jax._interpret import Value, evaluate, needed_equations
 from rfest_jax._models import MODEL_KEY, Model, as_model
+from rfest_jax._shared import Shared, shared_for
 
 __all__ = ["JaxGradientProvider", "provider"]
 
@@ -66,6 +67,9 @@ class JaxGradientProvider:
             or a list of names.
         dtype: ``"float64"`` (default) or ``"float32"``.
         linearize: see :func:`rfest.compute`.
+        narrow: evaluate the linearized program on one channel wherever all channels
+            agree (same answer, the work of a one-channel network; see
+            :mod:`rfest_jax._interpret`). ``False`` computes every channel.
         call_kwargs: keyword arguments passed on every call of the model
             (e.g. ``{"train": False}``).
 
@@ -95,16 +99,26 @@ class JaxGradientProvider:
         output: str | Sequence[str] | None = None,
         dtype: str = "float64",
         linearize: bool = True,
+        narrow: bool = True,
         call_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         kit.check_dtype(dtype)
+        if not isinstance(narrow, bool):
+            raise OptionError(f"narrow={narrow!r} must be True or False")
+        self._narrow = narrow
         self._dtype_name = dtype
         self._linearize = linearize
         self._channels, self._spatial = kit.split_input_shape(
             input_shape, "channels_last", framework="JAX function or Flax"
         )
         self._model: Model = as_model(model, dict(call_kwargs or {}))
-        self._traces: dict[tuple[int, ...], _Trace] = {}
+        owner = self._model.owner
+        self._shared = (
+            Shared()
+            if owner is None
+            else shared_for(owner, self._model.params, self._model.structure, call_kwargs or {})
+        )
+        self._traces: dict[tuple[int, ...], _Trace] = self._shared.traces
         self._lock = threading.RLock()
         self._params: list[Any] | None = None
         self._outputs = kit.resolve_outputs(
@@ -115,6 +129,20 @@ class JaxGradientProvider:
             "paths of a pytree output",
         )
         self._requested = tuple(self._outputs)
+
+    @property
+    def float32_scout(self) -> bool:
+        """Narrowed, a float64 pass costs what a float32 one does: no second provider."""
+        return not self._narrowing
+
+    @property
+    def thin_probes(self) -> bool:
+        """Narrowed, a probe costs its compilation, not its size: fewer shapes pay more."""
+        return not self._narrowing
+
+    @property
+    def _narrowing(self) -> bool:
+        return self._narrow and self._linearize
 
     @property
     def spatial_shape(self) -> tuple[int | None, ...]:
@@ -151,12 +179,19 @@ class JaxGradientProvider:
         with self._precision():
             x = self._probe_input((1, *spatial_shape, self._channels))
             maps = self._compiled(trace, output_name, x, cotangents)
-            result = maps(self._param_leaves(), x, jnp.asarray(cotangents))
+            result = maps(self._param_leaves(), x, jax.device_put(cotangents))
             return np.asarray(result, dtype=np.float64)
 
     def _compiled(self, trace: _Trace, name: str, x: Any, cotangents: np.ndarray) -> Any:
         """``maps(params, x, cotangents)``, compiled once per input shape, output and batch."""
-        key = (name, tuple(x.shape), cotangents.shape[0])
+        key = (
+            name,
+            tuple(x.shape),
+            cotangents.shape[0],
+            self._dtype_name,
+            self._linearize,
+            self._narrow,
+        )
         with self._lock:
             if key in trace.compiled:
                 return trace.compiled[key]
@@ -168,7 +203,7 @@ class JaxGradientProvider:
 
             # No compiler_options here: xla_backend_optimization_level=1 halves compile time
             # but the whole suite (TensorFlow in the same process) then aborts.
-            lowered = jax.jit(maps).lower(self._param_leaves(), x, jnp.asarray(cotangents))
+            lowered = jax.jit(maps).lower(self._param_leaves(), x, cotangents)
             compiled = lowered.compile()
             trace.compiled[key] = compiled
             return compiled
@@ -211,28 +246,34 @@ class JaxGradientProvider:
             dtype=self._dtype_name,
             outputs=[leaf],
             equations=trace.plan(leaf),
+            narrow=self._narrow,
         )
         return y.array
 
     def _param_leaves(self) -> list[Any]:
         with self._lock:
+            if self._params is None and self._linearize:  # constants: shared per model
+                self._params = self._shared.params.get(self._dtype_name)
             if self._params is None:
                 model = self._model
                 params = model.linearized_params if self._linearize else model.params
                 self._params = [self._cast(p) for p in jax.tree.leaves(params)]
+                if self._linearize:
+                    self._shared.params[self._dtype_name] = self._params
             return self._params
 
     def _cast(self, leaf: Any) -> Any:
         dtype = getattr(leaf, "dtype", None)
-        if dtype is not None and jnp.issubdtype(dtype, jnp.floating):
-            return jnp.asarray(leaf, dtype=self._dtype_name)
+        if dtype is not None and jnp.issubdtype(dtype, jnp.floating) and dtype != self._dtype_name:
+            # Through numpy: a JAX cast compiles one XLA program per distinct shape.
+            return jax.device_put(np.asarray(leaf).astype(self._dtype_name))
         return leaf
 
     def _probe_input(self, shape: tuple[int, ...]) -> Any:
-        if self._linearize:
-            return jnp.ones(shape, dtype=self._dtype_name)
+        if self._linearize:  # numpy: jnp.ones compiles a program per shape
+            return jax.device_put(np.ones(shape, dtype=self._dtype_name))
         values = 0.5 + np.random.default_rng(0).random(shape)
-        return jnp.asarray(values, dtype=self._dtype_name)
+        return jax.device_put(values.astype(self._dtype_name))
 
     def _precision(self) -> Any:
         return jax.enable_x64(True) if self._dtype_name == "float64" else nullcontext()
