@@ -9,7 +9,6 @@ of its calls, never resolved silently to one of them.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,13 +16,9 @@ from typing import Any
 
 from torch import nn
 
-from rfest import OutputNotFoundError
+from rfest.kit import CALL_SEPARATOR, call_names, check_call, split_call
 
 __all__ = ["CALL_SEPARATOR", "Target", "call_names", "check_calls", "counting_calls", "parse"]
-
-CALL_SEPARATOR = ":"
-
-_CALL = re.compile(r"^(?P<module>.*):(?P<call>[1-9][0-9]*)$")
 
 
 @dataclass(frozen=True)
@@ -41,40 +36,17 @@ class Target:
 
 
 def parse(name: str, modules: Mapping[str, nn.Module]) -> Target | None:
-    """The target ``name`` denotes, or None when no module has that name.
-
-    A module whose own name ends in ``:<digits>`` keeps it: exact names win.
-    """
-    if name in modules:
-        return Target(modules[name], name, None)
-    match = _CALL.match(name)
-    if match is not None and match["module"] in modules:
-        return Target(modules[match["module"]], match["module"], int(match["call"]))
-    return None
-
-
-def call_names(module_name: str, count: int) -> list[str]:
-    """What ``output=`` takes for each call of a module called ``count`` times."""
-    if count <= 1:
-        return [module_name]
-    return [f"{module_name}{CALL_SEPARATOR}{j}" for j in range(1, count + 1)]
+    """The target ``name`` denotes, or None when no module has that name."""
+    found = split_call(name, modules.keys())
+    if found is None:
+        return None
+    module_name, call = found
+    return Target(modules[module_name], module_name, call)
 
 
 def check_calls(name: str, target: Target, count: int) -> None:
     """Refuse a bare name of a module called several times, or a call that never happens."""
-    if target.call is None and count > 1:
-        calls = ", ".join(repr(n) for n in call_names(target.module_name, count))
-        raise OutputNotFoundError(
-            f"module {name!r} is called {count} times in one forward pass, so it has "
-            f"{count} outputs with different receptive fields; name one call: {calls} "
-            f"(numbered in the order the calls return)"
-        )
-    if target.call is not None and target.call > count:
-        times = "never called" if count == 0 else f"called {count} time(s)"
-        raise OutputNotFoundError(
-            f"output {name!r} asks for call {target.call} of module {target.module_name!r}, "
-            f"which is {times} in one forward pass"
-        )
+    check_call(name, target.module_name, target.call, count)
 
 
 @contextmanager

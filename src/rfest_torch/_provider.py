@@ -104,7 +104,7 @@ class TorchGradientProvider:
             )
         self._model: nn.Module = getattr(model, "_orig_mod", model)
         _check_single_input(self._model)
-        self._dtype = _DTYPES[dtype]
+        self._dtype = _DTYPES[kit.check_dtype(dtype)]
         self._linearize = linearize
         if not isinstance(narrow, bool):
             raise OptionError(f"narrow={narrow!r} must be True or False")
