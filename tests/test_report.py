@@ -7,6 +7,7 @@ Pointwise modules (ReLU) have the field of their input.
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 
@@ -227,3 +228,25 @@ def test_every_record_equals_compute_of_that_layer() -> None:
     sizes = [result[n].size for n in ("layer1.0", "layer1.1", "layer2", "layer3", "layer4")]
     assert sizes == [(19, 19), (27, 27), (35, 35), (51, 51), (83, 83)]
     assert result["layer4"].stride == (32, 32)
+
+
+def test_real_model_records_equal_compute_too() -> None:
+    # linearize=False probes at a fixed random positive input, which differs by batch row:
+    # each layer's rows must get the input compute gives it. Real ReLUs can block every
+    # gradient of a unit: then both say so.
+    torch.manual_seed(0)
+    net = narrow_readme_net()
+    options = {"linearize": False, "max_input_size": 128}
+    result = report(net, (3, 48, 48), **options)
+    assert any(r.status == "ok" for r in result)
+    for record in result:
+        if record.error is not None:
+            with pytest.raises(rfest.RFEstError) as caught:
+                rfest.compute(net, (3, 48, 48), output=record.name, **options)
+            assert record.error == f"{type(caught.value).__name__}: {caught.value}"
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", rfest.NonUniformWarning)
+            rf = rfest.compute(net, (3, 48, 48), output=record.name, **options)
+        got = (record.size, record.stride, record.padding, record.uniform)
+        assert got == (rf.size, rf.stride, rf.padding, rf.uniform), record.name

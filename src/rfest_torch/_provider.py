@@ -330,7 +330,9 @@ class TorchGradientProvider:
                 every = grad.detach().abs().sum(dim=1).to("cpu", torch.float64).numpy()
             return np.split(every, np.cumsum(counts)[:-1])
 
-        return self._run(maps, shape, self._dtype, self._device, collapse=True, grad=True)
+        return self._run(
+            maps, shape, self._dtype, self._device, collapse=True, grad=True, parts=counts
+        )
 
     def _run(
         self,
@@ -341,8 +343,12 @@ class TorchGradientProvider:
         *,
         collapse: bool,
         grad: bool = False,
+        parts: Sequence[int] | None = None,
     ) -> _T:
         """``function(probe input)``, channel-collapsed while the model allows it.
+
+        ``parts`` splits the batch into requests whose rows each get the probe input
+        ``gradient_maps`` would give them alone (it differs by row when not linearizing).
 
         The probe input itself keeps its channels: their gradients may differ in sign
         (a model may subtract one input channel from another), and the maps sum their
@@ -351,14 +357,20 @@ class TorchGradientProvider:
         input too small for the model fails both ways).
         """
 
+        def probe() -> torch.Tensor:
+            if parts is None or self._linearize:
+                return self._probe_input(shape, dtype, device).requires_grad_(grad)
+            pieces = [self._probe_input((n, *shape[1:]), dtype, device) for n in parts]
+            return torch.cat(pieces).requires_grad_(grad)
+
         def plain() -> _T:
-            return function(self._probe_input(shape, dtype, device).requires_grad_(grad))
+            return function(probe())
 
         if not (collapse and self._collapse):
             return plain()
         try:
             with ChannelCollapseMode(), _native_convolutions():
-                return function(self._probe_input(shape, dtype, device).requires_grad_(grad))
+                return function(probe())
         except ModelCallError:
             result = plain()
             self._collapse = False
