@@ -52,7 +52,9 @@ def props(session: nox.Session) -> None:
     """The property-based tests, long profile: thousands of random networks per framework."""
     session.install(*CONSTRAINTS, "-e", ".[all]", "--group", "test", "--group", "tensorflow")
     session.env["RFEST_HYPOTHESIS"] = "long"
-    session.run("python", "-m", "pytest", "tests/test_properties.py", *session.posargs)
+    session.run(
+        "python", "-m", "pytest", "tests/test_properties.py", "--timeout=0", *session.posargs
+    )
 
 
 @nox.session
