@@ -70,9 +70,9 @@ def tests_jax(session: nox.Session) -> None:
 @nox.session
 def props(session: nox.Session) -> None:
     """The property-based tests, long profile: thousands of random networks per framework."""
-    session.install(*CONSTRAINTS, "-e", ".[all]", "--group", "test", "--group", "tensorflow")
+    _install(session, "-e", ".[all]", "--group", "test", "--group", "tensorflow")
     session.env["RFEST_HYPOTHESIS"] = "long"
-    session.run("python", "-m", "pytest", "tests/test_properties.py", *session.posargs)
+    _pytest(session, "torch,keras,tensorflow,jax,flax", "tests/test_properties.py", "--timeout=0")
 
 
 @nox.session

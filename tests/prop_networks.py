@@ -44,7 +44,7 @@ def _conv(draw: st.DrawFn, dims: int, framework: str, stride: int | None = None)
     if framework == "keras" and max(strides) > 1:
         dilation = (1,) * dims  # TensorFlow refuses dilation with stride
     else:
-        dilation = tuple(draw(st.sampled_from((1, 1, 2, 3))) for _ in range(dims))
+        dilation = tuple(draw(st.sampled_from((1, 1, 2, 3, 6))) for _ in range(dims))
     modes = ("zeros",) if framework == "keras" else ("zeros", "reflect", "replicate", "circular")
     mode = draw(st.sampled_from(modes))
     keywords = ["valid", "explicit", "explicit"]

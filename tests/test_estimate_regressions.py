@@ -215,3 +215,11 @@ def test_shrunk_single_unit_whose_branches_line_up_only_at_some_sizes() -> None:
                                 (Pool("max", (2,), (2,), (0,)),)))  # fmt: skip
     net = Net(1, (3,), (Conv((2,), (3,), (1,), ((1, 1),)), branches))
     _brute_force_and_torch(net)
+
+
+@pytest.mark.parametrize("n", [4, 8, 16])
+def test_dilated_taps_cut_alike_at_the_size_given_and_at_twice_it(n: int) -> None:
+    # avg 4/4: r4 j4; k3 d8 p8: K17, r = 4 + 16 * 4 = 68, first = -8 * 4 = -32. The outer
+    # taps jump 8 pool units (32 pixels): every unit is cut to its own block at n and 2n.
+    net = Net(1, (n,), (Pool("avg", (4,), (4,), (0,)), Conv((3,), (1,), (8,), ((8, 8),))))
+    _brute_force_and_torch(net)

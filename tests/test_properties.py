@@ -3,8 +3,8 @@
 The oracle is ``tests/rf_calculator.py`` (recurrences, cross-checked tap by tap on every
 example); the networks come from ``tests/prop_networks.py``. The default profile runs a few
 examples per framework, derandomized; ``RFEST_HYPOTHESIS=long`` (``nox -s props``) runs
-thousands with fresh randomness. Failing examples found so far are regression tests in
-``tests/test_estimate_regressions.py``.
+thousands with fresh randomness; ``RFEST_HYPOTHESIS_EXAMPLES=N`` sets the count. Failing
+examples found so far are regression tests in ``tests/test_estimate_regressions.py``.
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ _EXAMPLES = (
 
 def _settings(framework: str) -> settings:
     profile = settings.get_profile("rfest-long" if _LONG else "rfest-fast")
-    return settings(profile, max_examples=_EXAMPLES[framework])
+    count = os.environ.get("RFEST_HYPOTHESIS_EXAMPLES")  # one count for every framework
+    return settings(profile, max_examples=int(count) if count else _EXAMPLES[framework])
 
 
 @_settings("core")

@@ -50,6 +50,10 @@ DEFAULT_MAX_INPUT_SIZE = 4096
 _FAR = 4 * DEFAULT_MAX_INPUT_SIZE
 _THIN_SIZE = 16  # size of the other axes while one axis is measured (then confirmed)
 _RUN_HALF_WIDTH = 2  # a run of 5 neighbours: four steps see any phase pattern of period <= 4
+# The second-size check (a 4-unit probe, thin in the other axes) runs at no less than this:
+# cheap for small fields, it catches dilated taps cut in intermediate padding that jump
+# further than twice the probe size (a field cut alike at both sizes).
+_SECOND_SIZE_FLOOR = 256
 
 
 @dataclass(frozen=True)
@@ -525,17 +529,19 @@ def _second_size(
     Padding inside the network can cut a field at a point inside the input (a dilated
     layer whose outer taps land in an intermediate map's padding); every unit of the
     probe may be cut alike, so nothing in that probe shows it. At a size at least twice
-    as large, with the middle unit clear of the borders by a whole field on each side,
-    such a cut field shows: the middle unit, its neighbour (which pins the stride: a unit
-    that sees only folded or wrapped padding can line up with one real unit by chance)
-    and the end units must see what the fit predicts.
+    as large (and at least ``_SECOND_SIZE_FLOOR``), with the middle unit clear of the
+    borders by a whole field on each side, such a cut field shows unless its cut taps
+    jump further than that size (no finite probe can rule that out): the middle unit,
+    its neighbour (which pins the stride: a unit that sees only folded or wrapped padding
+    can line up with one real unit by chance) and the end units must see what the fit
+    predicts.
     A non-uniform fit is measured again there in full: cut and folded fields look
     non-uniform at one size and not at a larger one.
     """
     if fit.stride is None or fit.size is None or fit.padding is None:
         return fit
     s, n = fit.stride, fit.probe_size
-    target = max(2 * n, n + 2 * fit.size)
+    target = max(2 * n, n + 2 * fit.size, _SECOND_SIZE_FLOOR)
     n2 = n0 + math.ceil((target - n0) / s) * s
     if n2 > cap:
         n2 = n0 + ((cap - n0) // s) * s
