@@ -561,7 +561,10 @@ def _second_size(
     others = tuple(size // 2 for size in _output_shape(provider, spatial, output_name))
     units_along = tuple(sorted({0, middle, min(middle + 1, m2 - 1), m2 - 1}))
     units = [_with(others, axis, i) for i in units_along]
-    maps = _gradient_maps(provider, output_name, spatial, units)
+    try:
+        maps = _gradient_maps(provider, output_name, spatial, units)
+    except NonFiniteGradientError:
+        return fit  # an overflow at the larger size: the check cannot be read there
     supports = axis_supports(maps, axis)
     live = [(i, sup) for i, sup in zip(units_along, supports, strict=True) if sup is not None]
     if not live:
