@@ -6,7 +6,7 @@ list is needed. Each value carries three flags: *live* (it depends on the model 
 *stat* (it is a statistic: a reduction of live values, e.g. a mean or a variance) and
 *structural* (it is input-independent and built by the program from scalar literals alone,
 e.g. ``iota``, or the interpolation matrix of ``jax.image.resize``; parameters, closed-over
-arrays and everything computed from them are model data). Primitives with no live operand
+arrays, random draws and everything computed from them are model data). Primitives with no live operand
 run unchanged. With ``linearize=True``, on live operands:
 
 - pointwise nonlinearities (``tanh``, ``logistic``, ``erf``, ``exp``, ``integer_pow``...)
@@ -124,6 +124,7 @@ _KEEPS_STAT = frozenset(
         "neg",
     }
 )
+_DRAWS = frozenset({"threefry2x32", "rng_bit_generator", "rng_uniform"})
 _FIRST_LIVE = frozenset({"pow", "atan2", "rem", "nextafter", "clamp"})
 _SCANS = frozenset({"cummax", "cummin", "cumprod", "cumlogsumexp"})
 _ELEMENTWISE = _POINTWISE | frozenset(
@@ -284,7 +285,11 @@ class _Rules:
             return self._call(eqn.params[_CALLS[name]], invals)
         live = [v.live for v in invals]
         if not any(live):
-            structural = all(v.structural for v in invals) and not _holds_consts(eqn.params)
+            structural = (
+                all(v.structural for v in invals)
+                and not _holds_consts(eqn.params)
+                and not _draws(name)
+            )
             return self._bind(eqn, invals, live=False, structural=structural)
         if not self.linearize:
             return self._bind(eqn, invals, live=True)
@@ -380,6 +385,11 @@ class _Rules:
         ):
             return Value(array, out.live, out.stat, shape)
         return Value(jnp.broadcast_to(array, shape), out.live, out.stat)
+
+
+def _draws(name: str) -> bool:
+    """Random numbers: weights drawn inside the program are model data, like parameters."""
+    return name.startswith("random_") or name in _DRAWS
 
 
 def _holds_consts(params: Mapping[str, Any]) -> bool:
