@@ -6,8 +6,8 @@ list is needed. Each value carries three flags: *live* (it depends on the model 
 *stat* (it is a statistic: a reduction of live values, e.g. a mean or a variance) and
 *structural* (it is input-independent and built by the program from scalar literals alone,
 e.g. ``iota``, or the interpolation matrix of ``jax.image.resize``; parameters, closed-over
-arrays, random draws and everything computed from them are model data). Primitives with no live operand
-run unchanged. With ``linearize=True``, on live operands:
+arrays, random draws and everything computed from them are model data). Primitives with
+no live operand run unchanged. With ``linearize=True``, on live operands:
 
 - pointwise nonlinearities (``tanh``, ``logistic``, ``erf``, ``exp``, ``integer_pow``...)
   act as identity; ``max``/``min``/``select_n`` (ReLU, ``where``) as the mean of their live
@@ -262,9 +262,7 @@ class _Rules:
         for var, arg in zip(jaxpr.invars, args, strict=True):
             if not self.narrow:
                 arg = arg.widened()
-            env[var] = Value(
-                self.promote(arg.array), arg.live, arg.stat, arg.shape, arg.structural
-            )
+            env[var] = Value(self.promote(arg.array), arg.live, arg.stat, arg.shape, arg.structural)
         eqns = jaxpr.eqns if equations is None else [jaxpr.eqns[i] for i in equations]
         for eqn in eqns:
             outs = self.apply(eqn, [read(v) for v in eqn.invars])
