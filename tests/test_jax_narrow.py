@@ -130,6 +130,15 @@ class Normalised(nn.Module):
         return nn.Dense(3)(nn.gelu(nn.Conv(4, (3, 3), padding=1)(x)))
 
 
+def structural_mixing(x: Array) -> Array:
+    # A channel-mixing matrix built from iota contracts narrowed channels; then bilinear
+    # resize contracts a spatial axis with its interpolation matrix: both are structural.
+    y = conv(x, random_kernel(1, 3, 3, 2, 6))
+    mixing = (jnp.arange(6)[:, None] >= jnp.arange(3)[None, :]).astype(y.dtype) - 0.5
+    z = y @ mixing
+    return jax.image.resize(z, (z.shape[0], 2 * z.shape[1], z.shape[2] + 3, 3), "bilinear")
+
+
 def conv3d(x: Array) -> Array:
     y = jax.nn.relu(conv(x, random_kernel(1, 3, 3, 3, 1, 4), stride=2, padding="SAME"))
     return conv(y, random_kernel(2, 3, 3, 3, 4, 4), dilation=2)
@@ -157,6 +166,7 @@ CASES: dict[str, tuple[Callable[[], Any], tuple[int, ...], str | None]] = {
     "squeeze-excite": (lambda: squeeze_excite, (12, 12, 2), None),
     "attention": (lambda: attention, (12, 12, 2), None),
     "transposed, spatial concat": (lambda: transposed_and_spatial_concat, (12, 12, 2), None),
+    "structural mixing, resize": (lambda: structural_mixing, (10, 9, 2), None),
     "3-D": (lambda: conv3d, (12, 10, 11, 1), None),
     "1-D": (lambda: conv1d, (40, 2), None),
 }

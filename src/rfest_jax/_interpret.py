@@ -2,9 +2,12 @@
 
 Any code written with ``jax.numpy``, ``jax.nn``, ``jax.lax`` or Flax lowers to the same few
 primitives, so rewriting primitives covers plain functions and Flax modules alike; no layer
-list is needed. Each value carries two flags: *live* (it depends on the model input) and
-*stat* (it is a statistic: a reduction of live values, e.g. a mean or a variance).
-Primitives with no live operand run unchanged. With ``linearize=True``, on live operands:
+list is needed. Each value carries three flags: *live* (it depends on the model input),
+*stat* (it is a statistic: a reduction of live values, e.g. a mean or a variance) and
+*structural* (it is input-independent and built by the program from scalar literals alone,
+e.g. ``iota``, or the interpolation matrix of ``jax.image.resize``; parameters, closed-over
+arrays, random draws and everything computed from them are model data). Primitives with
+no live operand run unchanged. With ``linearize=True``, on live operands:
 
 - pointwise nonlinearities (``tanh``, ``logistic``, ``erf``, ``exp``, ``integer_pow``...)
   act as identity; ``max``/``min``/``select_n`` (ReLU, ``where``) as the mean of their live
@@ -15,7 +18,9 @@ Primitives with no live operand run unchanged. With ``linearize=True``, on live 
   ``rsqrt``/``sqrt`` of a statistic becomes the constant one; dividing by a live value
   keeps the numerator;
 - an input-independent kernel of ``conv_general_dilated`` or operand of ``dot_general``
-  becomes the positive constant ``1 / fan_in``; adding, subtracting or multiplying by an
+  derived from model data becomes the positive constant ``1 / fan_in`` (weights may be zero
+  or negative); a structural one becomes its absolute value, keeping its zeros (they are
+  the geometry, e.g. of an interpolation); adding, subtracting or multiplying by an
   input-independent value leaves the live operand (biases zero, scales one); ``sub`` of two
   live values adds them, so no two paths cancel;
 - ``stop_gradient`` makes its result input-independent.
@@ -25,14 +30,16 @@ entered and rewritten too; control flow (``scan``, ``while``, ``cond``) runs unc
 Floating-point values are computed in the requested dtype throughout.
 
 With ``narrow=True`` (linearized only) values are kept *narrowed*: linearized, every
-weight is one constant, so all channels a convolution or dense layer produces are equal,
-and a value is stored with such axes cut to length one (its ``shape`` says the full,
-logical shape; the full value is the stored array broadcast to it). Convolutions, dense
-layers, arithmetic, pooling, reductions, broadcasts, slices, padding, concatenation and
-reshapes that keep those axes whole compute on the narrowed arrays; every other primitive
-(gathers, scans, control flow, grouped convolutions of an input whose channels differ,
-products of two live values in ``dot_general``) sees the full value, so results never
-change, only their cost.
+weight from model data is one constant, so all channels a convolution or dense layer
+produces are equal, and a value is stored with such axes cut to length one (its ``shape``
+says the full, logical shape; the full value is the stored array broadcast to it).
+Convolutions, dense layers, arithmetic, pooling, reductions, broadcasts, slices, padding,
+concatenation and reshapes that keep those axes whole compute on the narrowed arrays; a
+``dot_general`` with a structural constant sums the constant over the narrowed axes it
+contracts and keeps its own axes whole; every other primitive (gathers, scans, control flow,
+grouped convolutions of an input whose channels differ, convolutions with a structural
+kernel, products of two live values in ``dot_general``) sees the full value, so results
+never change, only their cost.
 """
 
 from __future__ import annotations
@@ -117,6 +124,7 @@ _KEEPS_STAT = frozenset(
         "neg",
     }
 )
+_DRAWS = frozenset({"threefry2x32", "rng_bit_generator", "rng_uniform"})
 _FIRST_LIVE = frozenset({"pow", "atan2", "rem", "nextafter", "clamp"})
 _SCANS = frozenset({"cummax", "cummin", "cumprod", "cumlogsumexp"})
 _ELEMENTWISE = _POINTWISE | frozenset(
@@ -170,6 +178,7 @@ class Value:
     live: bool = False
     stat: bool = False
     shape: tuple[int, ...] | None = None
+    structural: bool = False
 
     def full(self) -> Any:
         """The value at its full shape (the array itself when not narrowed)."""
@@ -179,7 +188,9 @@ class Value:
 
     def widened(self) -> Value:
         """This value, not narrowed."""
-        return self if self.shape is None else Value(self.full(), self.live, self.stat)
+        if self.shape is None:
+            return self
+        return Value(self.full(), self.live, self.stat, structural=self.structural)
 
     @property
     def narrowed_axes(self) -> tuple[int, ...]:
@@ -242,8 +253,8 @@ class _Rules:
         env: dict[Var, Value] = {}
 
         def read(atom: Any) -> Value:
-            if isinstance(atom, Literal):
-                return Value(self.promote(atom.val))
+            if isinstance(atom, Literal):  # an array literal may be an inlined weight
+                return Value(self.promote(atom.val), structural=np.ndim(atom.val) == 0)
             return env[atom]
 
         for var, const in zip(jaxpr.constvars, consts, strict=True):
@@ -251,7 +262,7 @@ class _Rules:
         for var, arg in zip(jaxpr.invars, args, strict=True):
             if not self.narrow:
                 arg = arg.widened()
-            env[var] = Value(self.promote(arg.array), arg.live, arg.stat, arg.shape)
+            env[var] = Value(self.promote(arg.array), arg.live, arg.stat, arg.shape, arg.structural)
         eqns = jaxpr.eqns if equations is None else [jaxpr.eqns[i] for i in equations]
         for eqn in eqns:
             outs = self.apply(eqn, [read(v) for v in eqn.invars])
@@ -271,8 +282,15 @@ class _Rules:
         if name in _CALLS and _CALLS[name] in eqn.params:
             return self._call(eqn.params[_CALLS[name]], invals)
         live = [v.live for v in invals]
-        if not self.linearize or not any(live):
-            return self._bind(eqn, invals, live=any(live))
+        if not any(live):
+            structural = (
+                all(v.structural for v in invals)
+                and not _holds_consts(eqn.params)
+                and not _draws(name)
+            )
+            return self._bind(eqn, invals, live=False, structural=structural)
+        if not self.linearize:
+            return self._bind(eqn, invals, live=True)
         rule = _RULES.get(name)
         if rule is None and name in _POINTWISE:
             rule = _pointwise
@@ -296,7 +314,13 @@ class _Rules:
         return self.run(jaxpr, consts, invals)
 
     def _bind(
-        self, eqn: Any, invals: list[Value], *, live: bool, params: dict[str, Any] | None = None
+        self,
+        eqn: Any,
+        invals: list[Value],
+        *,
+        live: bool,
+        params: dict[str, Any] | None = None,
+        structural: bool = False,
     ) -> list[Value]:
         params = dict(eqn.params) if params is None else params
         subjaxprs = any(_holds_jaxpr(p) for p in params.values())
@@ -316,7 +340,8 @@ class _Rules:
                 kind = params.get(key)
                 if kind is not None and jnp.issubdtype(kind, jnp.floating):
                     params[key] = self.dtype
-        return [Value(r, live) for r in self._raw_bind(eqn, arrays, params)]
+        outs = self._raw_bind(eqn, arrays, params)
+        return [Value(r, live, structural=structural) for r in outs]
 
     def _raw_bind(self, eqn: Any, arrays: Sequence[Any], params: dict[str, Any]) -> list[Any]:
         bound = eqn.primitive.get_bind_params(params)
@@ -358,6 +383,22 @@ class _Rules:
         ):
             return Value(array, out.live, out.stat, shape)
         return Value(jnp.broadcast_to(array, shape), out.live, out.stat)
+
+
+def _draws(name: str) -> bool:
+    """Random numbers: weights drawn inside the program are model data, like parameters."""
+    return name.startswith("random_") or name in _DRAWS
+
+
+def _holds_consts(params: Mapping[str, Any]) -> bool:
+    """Whether a primitive's sub-programs close over arrays (model data, like constvars)."""
+
+    def holds(param: Any) -> bool:
+        if isinstance(param, ClosedJaxpr):
+            return bool(param.consts)
+        return isinstance(param, (tuple, list)) and any(holds(p) for p in param)
+
+    return any(holds(p) for p in params.values())
 
 
 def _holds_jaxpr(param: Any) -> bool:
@@ -501,13 +542,17 @@ def _stop_gradient(rules: _Rules, eqn: Any, invals: list[Value]) -> Value:
     return Value(invals[0].full())
 
 
-def _positive(like: Any, fan_in: int) -> Any:
+def _positive(const: Value, fan_in: int) -> Any:
+    """A linearized constant operand: ``1 / fan_in`` for model data, ``|const|`` if structural."""
+    like = const.full()
+    if const.structural:
+        return jnp.abs(like)
     return jnp.full(jnp.shape(like), 1.0 / max(fan_in, 1), dtype=jnp.result_type(like))
 
 
 def _conv(rules: _Rules, eqn: Any, invals: list[Value]) -> Value:
     lhs, rhs = invals
-    if rules.narrow and lhs.live and not rhs.live:
+    if rules.narrow and lhs.live and not rhs.live and not rhs.structural:
         out = _conv_narrowed(rules, eqn, lhs, rhs)
         if out is not None:
             return out
@@ -515,7 +560,7 @@ def _conv(rules: _Rules, eqn: Any, invals: list[Value]) -> Value:
     if lhs.live and not rhs.live:
         out_axis = eqn.params["dimension_numbers"].rhs_spec[0]
         shape = jnp.shape(rhs.array)
-        rhs = Value(_positive(rhs.array, math.prod(shape) // shape[out_axis]))
+        rhs = Value(_positive(rhs, math.prod(shape) // shape[out_axis]))
     (out,) = rules._bind(eqn, [lhs, rhs.widened()], live=True)
     return out
 
@@ -595,12 +640,15 @@ def _restored(x: Value, axes: Sequence[int]) -> tuple[int, ...]:
 def _dot(rules: _Rules, eqn: Any, invals: list[Value]) -> Value:
     (contract_lhs, contract_rhs), _ = eqn.params["dimension_numbers"]
     if rules.narrow and [v.live for v in invals].count(True) == 1:
+        if any(v.structural for v in invals):
+            return _dot_narrowed_structural(rules, eqn, invals)
         return _dot_narrowed(rules, eqn, invals)
     operands = [v.widened() for v in invals]
     for k, contract in enumerate((contract_lhs, contract_rhs)):
         if not operands[k].live:
             shape = jnp.shape(operands[k].array)
-            operands[k] = Value(_positive(operands[k].array, math.prod(shape[d] for d in contract)))
+            fan_in = math.prod(shape[d] for d in contract)
+            operands[k] = Value(_positive(operands[k], fan_in))
     (out,) = rules._bind(eqn, operands, live=True)
     return out
 
@@ -630,6 +678,32 @@ def _dot_narrowed(rules: _Rules, eqn: Any, invals: list[Value]) -> Value:
     )
     constant = jnp.full(shape, repeats / max(fan_in, 1), dtype=rules.dtype)
     operands = [x.array, constant] if k == 0 else [constant, x.array]
+    if params.get("preferred_element_type") is not None:
+        params["preferred_element_type"] = rules.dtype
+    (out,) = rules._raw_bind(eqn, [rules.promote(o) for o in operands], params)
+    return Value(out, True)
+
+
+def _dot_narrowed_structural(rules: _Rules, eqn: Any, invals: list[Value]) -> Value:
+    """One live operand ``x`` and a structural constant ``c`` (entries differ): along a
+    contracted axis on which ``x`` is narrowed, ``sum_j x c_j = x sum_j |c_j|``, so ``|c|``
+    is summed over it; ``x``'s free narrowed axes stay narrowed in the output; narrowed
+    batch axes are restored, since ``c`` may change along them."""
+    params = dict(eqn.params)
+    (contract_lhs, contract_rhs), (batch_lhs, batch_rhs) = params["dimension_numbers"]
+    k = 0 if invals[0].live else 1
+    x, const = invals[k], invals[1 - k]
+    x_contract, c_contract = (
+        (contract_lhs, contract_rhs) if k == 0 else (contract_rhs, contract_lhs)
+    )
+    x_batch = batch_lhs if k == 0 else batch_rhs
+    restore = [a for a in x_batch if a in x.narrowed_axes]
+    array = jnp.broadcast_to(x.array, _restored(x, restore)) if restore else x.array
+    summed = tuple(
+        ca for xa, ca in zip(x_contract, c_contract, strict=True) if xa in x.narrowed_axes
+    )
+    constant = jnp.sum(jnp.abs(rules.promote(const.full())), axis=summed, keepdims=True)
+    operands = [array, constant] if k == 0 else [constant, array]
     if params.get("preferred_element_type") is not None:
         params["preferred_element_type"] = rules.dtype
     (out,) = rules._raw_bind(eqn, [rules.promote(o) for o in operands], params)
