@@ -16,7 +16,7 @@ import pytest
 
 pytestmark = pytest.mark.keras
 
-MODULES = ("test_keras_networks.py", "test_keras_safety.py")
+MODULES = ("test_keras_networks.py", "test_keras_safety.py", "test_keras_models.py")
 HERE = Path(__file__).parent
 
 

@@ -5,7 +5,11 @@ The table names Keras layer classes by what they become:
 - pointwise activations, softmax, normalisation, dropout and noise: identity;
 - max pooling (plain, global, adaptive): average pooling of the same geometry;
 - ``Maximum``/``Minimum`` merges: their mean; ``Subtract``: a sum (a difference of two
-  positive paths could cancel where they overlap);
+  positive paths could cancel where they overlap); ``Multiply``: the mean of its
+  factors. A product of two functions of the input (squeeze-excite, gating) has, by the
+  product rule with positive factors, the gradient support of their sum, but its
+  magnitude squares at each gate: sixteen chained gates take it out of float64 range
+  (``x ** 2 ** 16``). The mean keeps every value near 1;
 - every ``activation=`` argument: linear;
 - weights: positive constants (``1 / fan_in``), biases zero.
 
@@ -25,6 +29,10 @@ import keras
 import numpy as np
 
 __all__ = [
+    "constant_value",
+    "linear_call",
+    "linear_merge",
+    "linear_operation",
     "linearize_config",
     "linearize_layers",
     "narrow_config",
@@ -62,7 +70,9 @@ _AS_AVERAGE = {
     for kind in ("", "Global", "Adaptive")
     for d in (1, 2, 3)
 }
-_MERGES = {"Maximum": "Average", "Minimum": "Average", "Subtract": "Add"}
+_MERGES = {"Maximum": "Average", "Minimum": "Average", "Subtract": "Add", "Multiply": "Average"}
+# Graph operations (``x * g`` between Keras tensors in a Functional model) swapped likewise.
+_OPERATIONS = {"Multiply": "mean", "Maximum": "mean", "Minimum": "mean", "Subtract": "sum"}
 
 # Layers whose output channels are all alike once weights are constant, or that treat
 # channels alike: with them only, one channel per layer carries the same support.
@@ -155,17 +165,52 @@ def narrow_config(config: dict[str, Any]) -> bool:
     return True
 
 
+def linear_call(layer: Any) -> Any:
+    """The linear replacement of ``layer.call`` (identity, average pooling), or None."""
+    name = type(layer).__name__
+    if not type(layer).__module__.startswith("keras."):
+        return None
+    if name in _IDENTITY:
+        return _identity
+    if name in _AS_AVERAGE:
+        return _average_pool(layer, name)
+    return None
+
+
+def linear_merge(layer: Any) -> Any:
+    """The linear replacement of a merge layer's ``_merge_function``, or None."""
+    name = type(layer).__name__
+    if not type(layer).__module__.startswith("keras.") or name not in _MERGES:
+        return None
+    return _sum if _MERGES[name] == "Add" else _mean
+
+
+def linear_operation(operation: Any) -> Any:
+    """The linear replacement of a graph operation's ``call`` (``x * g``...), or None."""
+    kind = _OPERATIONS.get(type(operation).__name__)
+    if kind is None or not type(operation).__module__.startswith("keras.src.ops"):
+        return None
+    combine = _sum if kind == "sum" else _mean
+    original = operation.call
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        tensors = [a for a in args if hasattr(a, "shape") and len(a.shape) > 0]
+        if len(tensors) == len(args) == 2 and not kwargs:
+            return combine(list(args))
+        return original(*args, **kwargs)
+
+    return call
+
+
 def linearize_layers(model: keras.Model) -> None:
     """Patch the layers of a model copy in place (instance attributes only)."""
     for layer in model._flatten_layers(include_self=False, recursive=True):
-        name = type(layer).__name__
-        from_keras = type(layer).__module__.startswith("keras.")
-        if from_keras and name in _IDENTITY:
-            layer.call = _identity
-        elif from_keras and name in _AS_AVERAGE:
-            layer.call = _average_pool(layer, name)
-        elif from_keras and name in _MERGES:
-            layer._merge_function = _sum if _MERGES[name] == "Add" else _mean
+        call = linear_call(layer)
+        if call is not None:
+            layer.call = call
+        merge = linear_merge(layer)
+        if merge is not None:
+            layer._merge_function = merge
         if callable(getattr(layer, "activation", None)):
             layer.activation = keras.activations.linear
 
@@ -179,10 +224,11 @@ def set_constant_weights(model: keras.Model) -> None:
             if not dtype.startswith(("float", "bfloat")):
                 continue
             shape = tuple(int(s) for s in variable.shape)
-            variable.assign(np.full(shape, _constant(variable.path, shape, transpose), dtype))
+            variable.assign(np.full(shape, constant_value(variable.path, shape, transpose), dtype))
 
 
-def _constant(path: str, shape: tuple[int, ...], transpose: bool) -> float:
+def constant_value(path: str, shape: tuple[int, ...], transpose: bool) -> float:
+    """The constant a linearized variable takes (by its name and shape)."""
     leaf = path.rpartition("/")[2]
     if "bias" in leaf or leaf in ("beta", "offset", "moving_mean", "mean"):
         return 0.0

@@ -1,8 +1,18 @@
 """The Keras 3 :class:`rfest.GradientProvider`, on whichever framework runs Keras.
 
-rfest measures a copy of the model (see :mod:`rfest_keras._rebuild`), built once with
-free spatial sizes when the model allows it, else once per probe size (cached). The
-user's model is only read; Keras' floatx and dtype policy are restored after each copy.
+Two routes, chosen per model (and per probe size) without the user asking:
+
+- **live** (:mod:`rfest_keras._live`): the user's model itself, called with substituted
+  variables and swapped layer behaviour that are all undone after each call. It runs
+  every model Keras can call: subclassed models without ``get_config``, nested models,
+  shared layers, Lambda and custom layers.
+- **copy** (:mod:`rfest_keras._rebuild`): a linearized copy rebuilt from the config of a
+  Functional/Sequential model. Used where it is the better tool: when every layer treats
+  channels alike the copy has one channel per layer (far cheaper than the live model's
+  full width), and a model whose head fixes the input size (``Flatten`` + ``Dense``) is
+  rebuilt at each probe size.
+
+The user's model is only read; Keras' floatx and dtype policy are restored after each copy.
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ import numpy as np
 
 from rfest import BackendError, InputShapeError, ModelCallError, OutputNotFoundError, RFEstError
 from rfest_keras._autodiff import precision, supported, vjp
+from rfest_keras._live import LiveModel, call_name, layer_calls
 from rfest_keras._rebuild import Built, build_copy, finish, is_graph_model, own
 
 __all__ = ["MODEL_OUTPUT", "KerasGradientProvider", "provider"]
@@ -98,6 +109,9 @@ class KerasGradientProvider:
         self._dynamic: Built | None = None
         self._dynamic_tried = False
         self._copies: dict[tuple[int, ...], Built] = {}
+        self._live: LiveModel | None = None
+        self._route_chosen = False
+        self._live_refused: set[tuple[int, ...]] = set()
         self._shapes: dict[tuple[int, ...], dict[str, tuple[int, ...]]] = {}
 
     @property
@@ -109,16 +123,19 @@ class KerasGradientProvider:
         return self._outputs
 
     def layer_names(self) -> tuple[str, ...]:
-        return tuple(
-            layer.name for layer in self._model.layers if type(layer).__name__ != "InputLayer"
-        )
+        """Every layer name at any depth (layers of nested models included), in order."""
+        return tuple(layer_calls(self._model))
 
     def output_shapes(self, spatial_shape: tuple[int, ...]) -> Mapping[str, tuple[int, ...]]:
         spatial_shape = tuple(int(s) for s in spatial_shape)
         if spatial_shape not in self._shapes:
             # Symbolic: shapes without computing, and sizes too small for the model fail
             # in Keras' shape checks instead of inside a framework kernel.
-            x = keras.KerasTensor((1, *spatial_shape, self._channels), dtype=self._dtype)
+            x: Any = keras.KerasTensor((1, *spatial_shape, self._channels), dtype=self._dtype)
+            if self._is_live(spatial_shape) or not self._symbolic(spatial_shape):
+                # A symbolic call would add nodes to the user's model, and would not run
+                # the captured layers' calls: run it eagerly.
+                x = np.ones((1, *spatial_shape, self._channels), self._dtype)
             self._shapes[spatial_shape] = {
                 name: self._spatial_of(
                     name, tuple(self._run(spatial_shape, name, x).shape), len(spatial_shape)
@@ -172,37 +189,102 @@ class KerasGradientProvider:
         x: np.ndarray,
         cotangent: Callable[[tuple[int, ...]], np.ndarray],
     ) -> np.ndarray:
-        with _lock, precision(self._dtype):
-            function = self._function(spatial, name)
-            try:
-                return vjp(function, x.astype(self._dtype), cotangent)
-            except RFEstError:
-                raise
-            except Exception as exc:
-                raise self._call_error(x.shape, exc) from exc
+        grad: np.ndarray = self._guarded(
+            spatial, name, lambda f: vjp(f, x.astype(self._dtype), cotangent), x.shape
+        )
+        return grad
 
     def _run(self, spatial: tuple[int, ...], name: str, x: Any) -> Any:
+        if isinstance(x, np.ndarray):
+            return self._guarded(
+                spatial, name, lambda f: f(keras.ops.convert_to_tensor(x)), x.shape
+            )
+        return self._guarded(spatial, name, lambda f: f(x), tuple(x.shape))
+
+    def _guarded(
+        self,
+        spatial: tuple[int, ...],
+        name: str,
+        work: Callable[[Callable[[Any], Any]], Any],
+        shape: tuple[Any, ...],
+    ) -> Any:
+        """``work(function)``; a size the live model refuses goes to a rebuilt copy."""
         with _lock, precision(self._dtype):
-            function = self._function(spatial, name)
+            live = self._is_live(spatial)
             try:
-                return function(x)
+                return work(self._function(spatial, name))
+            except ModelCallError as exc:
+                if not (live and is_graph_model(self._model)):
+                    raise self._call_error(shape, exc) from exc
+                self._live_refused.add(spatial)
+                try:
+                    return work(self._function(spatial, name))
+                except Exception:
+                    raise self._call_error(shape, exc) from exc
             except RFEstError:
                 raise
             except Exception as exc:
-                raise self._call_error(tuple(x.shape), exc) from exc
+                raise self._call_error(shape, exc) from exc
 
     def _probe_input(self, shape: tuple[int, ...]) -> np.ndarray:
         if self._linearize:
             return np.ones(shape)
         return 0.5 + np.random.default_rng(0).random(shape)
 
+    def _is_live(self, spatial: tuple[int, ...]) -> bool:
+        self._choose_route(len(spatial))
+        return self._live is not None and spatial not in self._live_refused
+
+    def _choose_route(self, axes: int) -> None:
+        """Live unless a one-channel copy serves every size, or the model is ours to use."""
+        if self._route_chosen:
+            return
+        self._route_chosen = True
+        if self._build_function is not None:
+            return
+        if is_graph_model(self._model):
+            if self._linearize and self._narrow:
+                try:
+                    self._dynamic = self._build(self._model, [None] * axes)
+                except Exception:
+                    self._dynamic = None
+                if self._dynamic is not None and self._dynamic.narrowed:
+                    self._dynamic_tried = True
+                    return
+                self._dynamic = None  # rebuilt only if the live model refuses a size
+            self._live = LiveModel(self._model, dtype=self._dtype, linearize=self._linearize)
+        elif self._model.built:
+            self._live = LiveModel(self._model, dtype=self._dtype, linearize=self._linearize)
+
     def _function(self, spatial: tuple[int, ...], name: str) -> Callable[[Any], Any]:
+        if self._live is not None and spatial not in self._live_refused:
+            function = self._live.function(name, MODEL_OUTPUT)
+            if not is_graph_model(self._model):
+                return function
+            feeds = self._feeds(self._model.inputs)
+            return lambda x: function(feeds(x))
         built = self._copy_for(spatial)
-        if built.graph:
+        if built.graph and self._single_node(built.model, name):
             head = self._head(built, name)
-            feeds = self._feeds(built)
+            feeds = self._feeds(built.model.inputs)
             return lambda x: head(feeds(x), training=False)
         return self._captured(built, name)
+
+    def _symbolic(self, spatial: tuple[int, ...]) -> bool:
+        """Every requested output is a graph head of the copy (shapes without computing)."""
+        with _lock, precision(self._dtype):
+            built = self._copy_for(spatial)
+        return built.graph and all(self._single_node(built.model, n) for n in self._outputs)
+
+    def _single_node(self, model: keras.Model, name: str) -> bool:
+        """The output is the model's, or a top-level layer called once."""
+        if name == MODEL_OUTPUT:
+            return True
+        try:
+            layer = model.get_layer(name)
+        except ValueError:
+            return False
+        return len(layer._inbound_nodes) == 1 and not isinstance(layer, keras.Model)
 
     def _copy_for(self, spatial: tuple[int, ...]) -> Built:
         owned = self._build_function is not None and not is_graph_model(self._model)
@@ -273,9 +355,8 @@ class KerasGradientProvider:
             heads[name] = keras.Model(model.inputs, tensor)
         return heads[name]
 
-    def _feeds(self, built: Built) -> Callable[[Any], Any]:
-        inputs = built.model.inputs
-        if len(inputs) == 1:
+    def _feeds(self, inputs: Sequence[Any]) -> Callable[[Any], Any]:
+        if len(inputs) <= 1:
             return lambda x: x
         index = self._input_index
 
@@ -306,14 +387,15 @@ class KerasGradientProvider:
         model = built.model
         if name == MODEL_OUTPUT:
             return lambda x: model(x, training=False)
-        layer = _find_layer(model, name)
-        captured: dict[str, Any] = built.__dict__.setdefault("captured", {})
+        base, index = call_name(name)
+        layer = _find_layer(model, base)
+        captured: dict[str, list[Any]] = built.__dict__.setdefault("captured", {})
         if not getattr(layer, "_rfest_capturing", False):
             call = layer.call
 
             def capture(*args: Any, **kwargs: Any) -> Any:
                 result = call(*args, **kwargs)
-                captured.setdefault(layer.name, result)
+                captured.setdefault(layer.name, []).append(result)
                 return result
 
             layer.call = capture
@@ -322,12 +404,21 @@ class KerasGradientProvider:
         def function(x: Any) -> Any:
             captured.clear()
             model(x, training=False)
-            if layer.name not in captured:
+            calls = captured.pop(layer.name, [])
+            if not calls:
                 raise OutputNotFoundError(
                     f"layer {name!r} did not run when the model was called; choose a layer "
                     f"on the path from input to output"
                 )
-            return captured.pop(layer.name)
+            if index is None and len(calls) > 1:
+                choices = ", ".join(repr(f"{base}@{k}") for k in range(len(calls)))
+                raise OutputNotFoundError(
+                    f"layer {base!r} is called {len(calls)} times in one forward pass; name "
+                    f"the call to measure: {choices}"
+                )
+            if (index or 0) >= len(calls):
+                raise OutputNotFoundError(f"layer {base!r} is called {len(calls)} time(s)")
+            return calls[index or 0]
 
         return function
 
@@ -419,7 +510,7 @@ class KerasGradientProvider:
             )
         known = self.layer_names()
         for name in names:
-            if name not in known:
+            if name not in known and call_name(name)[0] not in known:
                 close = difflib.get_close_matches(name, known, n=3)
                 hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
                 raise OutputNotFoundError(

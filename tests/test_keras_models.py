@@ -1,0 +1,101 @@
+"""Models Keras users write: run as they are (no copy), exact, and left untouched.
+
+Each field is worked by hand in ``tests/keras_models.py``; ``tests/test_keras_backends.py``
+reruns this module with KERAS_BACKEND=jax and =torch.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # see test_keras_networks.py
+keras = pytest.importorskip("keras")
+
+import numpy as np  # noqa: E402
+from keras import layers as L  # noqa: E402
+
+import rfest  # noqa: E402
+from keras_models import (  # noqa: E402
+    NoConfigNet,
+    assert_untouched,
+    custom_layer_net,
+    lambda_net,
+    shared_layer_net,
+    state,
+)
+
+pytestmark = pytest.mark.keras
+
+
+def geometry(rf: rfest.ReceptiveField) -> tuple[object, object, object]:
+    return rf.size, rf.stride, rf.padding
+
+
+def test_subclassed_model_without_get_config() -> None:
+    model = NoConfigNet()
+    model(np.zeros((1, 20, 20, 3), "float32"))  # built, as a trained model is
+    before = state(model)
+    rfs = rfest.compute(model, (20, 20, 3), backend="keras", output=["conv1", "conv2"])
+    assert geometry(rfs["conv1"]) == ((3, 3), (1, 1), (0, 0))
+    assert geometry(rfs["conv2"]) == ((8, 8), (2, 2), (0, 0))
+    assert_untouched(before, model)
+
+
+def test_shared_layer_applied_twice_names_each_call() -> None:
+    model = shared_layer_net()
+    before = state(model)
+    rfs = rfest.compute(model, (20, 20, 3), output=["shared@0", "shared@1", "head"])
+    assert geometry(rfs["shared@0"]) == ((3, 3), (1, 1), (0, 0))
+    assert geometry(rfs["shared@1"]) == ((5, 5), (1, 1), (0, 0))
+    assert geometry(rfs["head"]) == ((5, 5), (1, 1), (0, 0))
+    with pytest.raises(rfest.OutputNotFoundError, match="shared@1"):
+        rfest.compute(model, (20, 20, 3), output="shared")
+    assert_untouched(before, model)
+
+
+def test_lambda_layer() -> None:
+    model = lambda_net()
+    before = state(model)
+    assert geometry(rfest.compute(model, (20, 20, 3))) == ((5, 5), (1, 1), (0, 0))
+    assert_untouched(before, model)
+
+
+def test_custom_layer_with_gate_and_raw_ops() -> None:
+    model = custom_layer_net()
+    before = state(model)
+    rfs = rfest.compute(model, (24, 24, 3), output=["block", "head"])
+    assert geometry(rfs["block"]) == ((4, 4), (2, 2), (1, 1))
+    assert geometry(rfs["head"]) == ((8, 8), (2, 2), (1, 1))
+    assert_untouched(before, model)
+
+
+def test_transfer_learning_backbone_with_fixed_input_size() -> None:
+    # MobileNet (alpha 0.25 for speed) nested at 128x128 in a functional model. The field
+    # is the published mobilenet_v1 Conv2d_13_pointwise one, 315 / 32 (width-independent);
+    # padding at 128 (even, like 224): 126, so it is grown past the backbone's own size.
+    base = keras.applications.MobileNet(
+        weights=None, include_top=False, input_shape=(128, 128, 3), alpha=0.25
+    )
+    x = inputs = keras.Input((128, 128, 3))
+    x = L.GlobalAveragePooling2D()(base(x))
+    model = keras.Model(inputs, L.Dense(2)(x))
+    before = state(model)
+    rf = rfest.compute(model, output="conv_pw_13_relu")
+    assert geometry(rf) == ((315, 315), (32, 32), (126, 126)) and rf.grown
+    assert rfest.compute(model, output=base.name).size == (315, 315)
+    assert rfest.compute(model).is_global
+    assert_untouched(before, model)
+
+
+def test_live_route_on_a_model_that_cannot_be_copied() -> None:
+    # The Lambda makes the model's config unloadable (safe mode) and unnarrowable, so the
+    # user's model runs as it is; a nested model's layer is found at any depth.
+    inner = lambda_net()
+    x = inputs = keras.Input((None, None, 3))
+    model = keras.Model(inputs, L.Conv2D(1, 3, name="top")(inner(x)))
+    before = state(model)
+    assert geometry(rfest.compute(model, (24, 24, 3), output="lam")) == ((3, 3), (1, 1), (0, 0))
+    assert geometry(rfest.compute(model, (24, 24, 3))) == ((7, 7), (1, 1), (0, 0))
+    assert_untouched(before, model)
