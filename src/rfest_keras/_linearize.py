@@ -91,12 +91,17 @@ _CHANNEL_BLIND = frozenset(
         "Multiply",
         "Average",
         "Concatenate",
+        "Rescaling",
         "DepthwiseConv1D",
         "DepthwiseConv2D",
         *(f"{kind}{d}D" for kind in ("ZeroPadding", "Cropping", "UpSampling") for d in (1, 2, 3)),
         *(f"{kind}AveragePooling{d}D" for kind in ("", "Global") for d in (1, 2, 3)),
     }
 )
+# Layers of keras.applications (registered, not in keras.layers) that treat channels alike.
+_APPLICATION_LAYERS = {"LayerScale": "projection_dim", "CustomScaleLayer": None}
+# Element-wise graph operations (``x + y``, ``x * g`` between Keras tensors).
+_ELEMENTWISE_OPERATIONS = frozenset({"Add", "Multiply", "Subtract"})
 _WIDTH = 1
 _CONTAINERS = frozenset({"Functional", "Sequential"})
 
@@ -145,21 +150,35 @@ def narrow_config(config: dict[str, Any]) -> bool:
     was and returns False. Run after :func:`linearize_config`.
     """
     changes: list[tuple[dict[str, Any], str]] = []
+    reshapes: list[dict[str, Any]] = []
     for entry in _layer_entries(config):
-        name = entry["class_name"]
-        if name in _CONTAINERS and entry.get("module", "").startswith("keras"):
+        name, module = entry["class_name"], entry.get("module") or ""
+        if name in _CONTAINERS and module.startswith("keras"):
+            continue
+        if len(entry.get("inbound_nodes", [])) > 1:
+            return False  # a shared layer may see a narrowed and a full-width input
+        inner = entry["config"]
+        if module.startswith("keras.src.applications") and name in _APPLICATION_LAYERS:
+            key = _APPLICATION_LAYERS[name]
+            if key is not None:
+                changes.append((inner, key))
+            continue
+        if module.startswith("keras.src.ops") and name in _ELEMENTWISE_OPERATIONS:
             continue
         if not _keras_layer(entry):
             return False
-        inner = entry["config"]
         if name in _WIDTH_PARAMETER:
             if inner.get("groups", 1) != 1:
                 return False
             changes.append((inner, _WIDTH_PARAMETER[name]))
+        elif name == "Reshape" and _adds_unit_axes(inner.get("target_shape")):
+            reshapes.append(inner)
         elif name == "Activation" and inner.get("activation") == "linear":
             continue
         elif name not in _CHANNEL_BLIND:
             return False
+    for inner in reshapes:
+        inner["target_shape"] = [*inner["target_shape"][:-1], -1]
     for inner, key in changes:
         inner[key] = _WIDTH
     return True
@@ -202,8 +221,22 @@ def linear_operation(operation: Any) -> Any:
     return call
 
 
+def _adds_unit_axes(target: Any) -> bool:
+    """A reshape of a channel vector to ``(1, ..., 1, C)`` (squeeze-excite): any C does."""
+    return (
+        isinstance(target, (list, tuple)) and len(target) > 1 and all(d == 1 for d in target[:-1])
+    )
+
+
 def linearize_layers(model: keras.Model) -> None:
-    """Patch the layers of a model copy in place (instance attributes only)."""
+    """Patch the layers and graph operations of a model copy in place."""
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        for operation in (
+            getattr(layer, "_operations", []) if hasattr(layer, "_run_through_graph") else []
+        ):
+            swapped = linear_operation(operation)
+            if swapped is not None:
+                operation.call = swapped
     for layer in model._flatten_layers(include_self=False, recursive=True):
         call = linear_call(layer)
         if call is not None:
