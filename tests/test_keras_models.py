@@ -99,3 +99,18 @@ def test_live_route_on_a_model_that_cannot_be_copied() -> None:
     assert geometry(rfest.compute(model, (24, 24, 3), output="lam")) == ((3, 3), (1, 1), (0, 0))
     assert geometry(rfest.compute(model, (24, 24, 3))) == ((7, 7), (1, 1), (0, 0))
     assert_untouched(before, model)
+
+
+def test_tf_keras_model_gets_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A stand-in whose type lives in a `tf_keras` module, as a Keras 2 model's does
+    # (tf_keras itself need not be installed): detected as a Keras model, then refused
+    # by name instead of being called as a build function.
+    import sys
+    import types
+
+    module = types.ModuleType("tf_keras.src.engine.functional")
+    functional = type("Functional", (), {"__module__": module.__name__, "__call__": print})
+    monkeypatch.setitem(sys.modules, "tf_keras", types.ModuleType("tf_keras"))
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    with pytest.raises(rfest.BackendError, match=r"tf_keras.*Keras 3"):
+        rfest.compute(functional(), (32, 32, 3))

@@ -93,6 +93,7 @@ class KerasGradientProvider:
             raise InputShapeError(f"dtype={dtype!r} is not supported; use one of {_DTYPES}")
         self._dtype, self._linearize, self._narrow = dtype, linearize, narrow
         self._build_function: Callable[[tuple[int | None, ...]], Any] | None = None
+        _refuse_keras_2(model)
         if isinstance(model, keras.Model):
             self._model = model
         elif callable(model):
@@ -541,6 +542,21 @@ class KerasGradientProvider:
             f"(batch, *spatial, channels): {exc}. Check that input_shape=(*spatial, C) "
             f"matches what the model takes.{hint}"
         )
+
+
+def _refuse_keras_2(model: Any) -> None:
+    """A tf_keras (Keras 2) model is not a Keras 3 one: say so instead of calling it."""
+    kinds = type(model).__mro__ if not isinstance(model, type) else model.__mro__
+    if not any(c.__module__.partition(".")[0] == "tf_keras" for c in kinds):
+        return
+    raise BackendError(
+        f"this {type(model).__name__} is a tf_keras (Keras 2) model (TF_USE_LEGACY_KERAS=1 or "
+        f"`import tf_keras`); rfest's keras backend runs Keras 3 models, whose variables and "
+        f"layers it substitutes for one call without touching them. Load or build the model "
+        f"with Keras 3 instead: save it (model.save('model.h5')) and load it with "
+        f"keras.saving.load_model('model.h5') in a process without TF_USE_LEGACY_KERAS, or "
+        f"pass a build function that builds it with `import keras` (Keras 3)"
+    )
 
 
 def _required(input_shape: Sequence[int | None] | None, what: str) -> tuple[int | None, ...]:
