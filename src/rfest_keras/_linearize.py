@@ -146,7 +146,7 @@ def narrow_config(config: dict[str, Any]) -> bool:
     With constant positive weights every channel a convolution or dense layer produces
     is the same function of the input, so one channel has the support of all of them;
     branches keep one channel each. This holds only for layers that treat channels alike,
-    so any other layer (custom, reshape, grouped convolution...) leaves the config as it
+    so any other layer (custom, reshape...) leaves the config as it
     was and returns False. Run after :func:`linearize_config`.
     """
     changes: list[tuple[dict[str, Any], str]] = []
@@ -168,8 +168,10 @@ def narrow_config(config: dict[str, Any]) -> bool:
         if not _keras_layer(entry):
             return False
         if name in _WIDTH_PARAMETER:
+            # A grouped convolution's output channels, summed, see every input channel:
+            # with one channel in, one filter in one group has the same support.
             if inner.get("groups", 1) != 1:
-                return False
+                changes.append((inner, "groups"))
             changes.append((inner, _WIDTH_PARAMETER[name]))
         elif name == "Reshape" and _adds_unit_axes(inner.get("target_shape")):
             reshapes.append(inner)

@@ -33,7 +33,7 @@ import numpy as np
 from rfest import ModelCallError, OutputNotFoundError
 from rfest_keras._linearize import constant_value, linear_call, linear_merge, linear_operation
 
-__all__ = ["LiveModel", "call_name", "layer_calls"]
+__all__ = ["LiveModel", "Patches", "all_layers", "call_name", "layer_calls"]
 
 CALL_SEPARATOR = "@"
 """``"name@k"`` names the ``k``-th call (from 0) of a layer called more than once."""
@@ -47,7 +47,7 @@ def call_name(name: str) -> tuple[str, int | None]:
     return name, None
 
 
-class _Patches:
+class Patches:
     """Instance attributes set for a while and then put back exactly as they were."""
 
     def __init__(self) -> None:
@@ -67,7 +67,7 @@ class _Patches:
                 object.__delattr__(obj, attr)
 
 
-def _layers(model: keras.Model) -> list[Any]:
+def all_layers(model: keras.Model) -> list[Any]:
     """Every layer of the model at any depth, the model first, each once."""
     seen: dict[int, Any] = {}
     for layer in model._flatten_layers(include_self=True, recursive=True):
@@ -86,7 +86,7 @@ def _is_functional(layer: Any) -> bool:
 def layer_calls(model: keras.Model) -> dict[str, list[Any]]:
     """Layer name -> the distinct layers of that name, at any depth (input layers left out)."""
     names: dict[str, list[Any]] = {}
-    for layer in _layers(model)[1:]:
+    for layer in all_layers(model)[1:]:
         if type(layer).__name__ != "InputLayer":
             names.setdefault(layer.name, []).append(layer)
     return names
@@ -106,7 +106,7 @@ class LiveModel:
 
     def __init__(self, model: keras.Model, *, dtype: str, linearize: bool) -> None:
         self._model, self._dtype, self._linearize = model, dtype, linearize
-        self._layers = _layers(model)
+        self._layers = all_layers(model)
         self._values: list[tuple[Any, Any]] | None = None
         self._names = layer_calls(model)
 
@@ -157,7 +157,7 @@ class LiveModel:
 
     @contextlib.contextmanager
     def _session(self, target: Any, calls: list[Any]) -> Iterator[None]:
-        patches = _Patches()
+        patches = Patches()
         failing: list[str] = []
         try:
             self._swap(patches, target, calls, failing)
@@ -173,7 +173,7 @@ class LiveModel:
         finally:
             patches.restore()
 
-    def _swap(self, patches: _Patches, target: Any, calls: list[Any], failing: list[str]) -> None:
+    def _swap(self, patches: Patches, target: Any, calls: list[Any], failing: list[str]) -> None:
         policy = keras.DTypePolicy(self._dtype)
         for layer in self._layers:
             patches.set(layer, "_called", layer._called)

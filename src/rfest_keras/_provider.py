@@ -18,16 +18,26 @@ The user's model is only read; Keras' floatx and dtype policy are restored after
 from __future__ import annotations
 
 import difflib
+import math
 import threading
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import keras
 import numpy as np
 
-from rfest import BackendError, InputShapeError, ModelCallError, OutputNotFoundError, RFEstError
+from rfest import (
+    BackendError,
+    InputShapeError,
+    ModelCallError,
+    OptionError,
+    OutputNotFoundError,
+    RFEstError,
+)
 from rfest_keras._autodiff import precision, supported, vjp
 from rfest_keras._live import LiveModel, call_name, layer_calls
+from rfest_keras._memory import DEFAULT_MAX_MEMORY_GIB, Budget, count_elements
 from rfest_keras._rebuild import Built, build_copy, finish, is_graph_model, own
 
 __all__ = ["MODEL_OUTPUT", "KerasGradientProvider", "provider"]
@@ -37,6 +47,7 @@ MODEL_OUTPUT = "output"
 
 _DTYPES = ("float32", "float64")
 _lock = threading.RLock()
+_copy_refused: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
 
 
 def provider(model: Any, **options: Any) -> KerasGradientProvider:
@@ -59,6 +70,10 @@ class KerasGradientProvider:
             others are fed ones).
         narrow: measure the linearized copy with one channel per layer when every layer
             treats channels alike (same support, far less work); False keeps widths.
+        max_memory_gib: what one probe's activations and gradients may take (default
+            2). Known before a probe is allocated (a batch-1 pass counts the values the
+            model keeps per input pixel): units are then probed in smaller batches, and a
+            probe too large even for one unit raises ``ProbeSizeError``.
 
     Example:
         >>> import keras
@@ -70,8 +85,12 @@ class KerasGradientProvider:
         ((4, 4), (2, 2), (0, 0))
     """
 
-    float32_scout = False
-    """A float32 scout would be a second rebuild of the model, costlier than it saves."""
+    @property
+    def float32_scout(self) -> bool:
+        """Scout in float32 on the live route (the same model, other substitutes); a copy
+        would have to be rebuilt, which costs about what the scouting saves."""
+        self._choose_route(len(self._spatial))
+        return self._live is not None
 
     def __init__(
         self,
@@ -83,6 +102,7 @@ class KerasGradientProvider:
         linearize: bool = True,
         input: str | None = None,
         narrow: bool = True,
+        max_memory_gib: float = DEFAULT_MAX_MEMORY_GIB,
     ) -> None:
         if not supported():
             raise BackendError(
@@ -92,6 +112,17 @@ class KerasGradientProvider:
         if dtype not in _DTYPES:
             raise InputShapeError(f"dtype={dtype!r} is not supported; use one of {_DTYPES}")
         self._dtype, self._linearize, self._narrow = dtype, linearize, narrow
+        if (
+            isinstance(max_memory_gib, bool)
+            or not isinstance(max_memory_gib, (int, float))
+            or not max_memory_gib > 0
+        ):
+            raise OptionError(
+                f"max_memory_gib={max_memory_gib!r} must be a positive number of GiB (what "
+                f"one probe may take), e.g. max_memory_gib=2"
+            )
+        self._budget = Budget(float(max_memory_gib), np.dtype(dtype).itemsize)
+        self._footprint_tried = False
         self._build_function: Callable[[tuple[int | None, ...]], Any] | None = None
         _refuse_keras_2(model)
         if isinstance(model, keras.Model):
@@ -152,6 +183,17 @@ class KerasGradientProvider:
         units: Sequence[tuple[int, ...]],
     ) -> np.ndarray:
         spatial_shape = tuple(int(s) for s in spatial_shape)
+        self._measure_footprint(spatial_shape, output_name)
+        step = self._budget.batch(math.prod(spatial_shape), len(units), spatial_shape)
+        parts = [
+            self._maps(spatial_shape, output_name, units[i : i + step])
+            for i in range(0, len(units), step)
+        ]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def _maps(
+        self, spatial_shape: tuple[int, ...], output_name: str, units: Sequence[tuple[int, ...]]
+    ) -> np.ndarray:
         x = self._probe_input((len(units), *spatial_shape, self._channels))
 
         def cotangent(shape: tuple[int, ...]) -> np.ndarray:
@@ -163,6 +205,22 @@ class KerasGradientProvider:
         grad = self._vjp(spatial_shape, output_name, x, cotangent)
         maps: np.ndarray = np.abs(grad).sum(axis=-1)
         return maps
+
+    def _measure_footprint(self, spatial: tuple[int, ...], name: str) -> None:
+        """Values kept per input pixel, counted once on a batch-1 forward pass."""
+        if self._budget.per_pixel is not None or self._footprint_tried:
+            return
+        self._footprint_tried = True
+        x = np.ones((1, *spatial, self._channels), self._dtype)
+        with _lock, precision(self._dtype):
+            try:
+                live = self._is_live(spatial)
+                model = self._model if live else self._copy_for(spatial).model
+                function = self._function(spatial, name)
+                elements = count_elements(model, lambda: function(keras.ops.convert_to_tensor(x)))
+            except Exception:
+                return  # the probe itself will say what is wrong
+        self._budget.measured(elements, math.prod(spatial), self._channels)
 
     def input_gradients(
         self, inputs: np.ndarray, output_name: str, unit: tuple[int, ...]
@@ -244,7 +302,7 @@ class KerasGradientProvider:
         if self._build_function is not None:
             return
         if is_graph_model(self._model):
-            if self._linearize and self._narrow:
+            if self._linearize and self._narrow and not _copy_refused.get(self._model, False):
                 try:
                     self._dynamic = self._build(self._model, [None] * axes)
                 except Exception:
@@ -253,6 +311,7 @@ class KerasGradientProvider:
                     self._dynamic_tried = True
                     return
                 self._dynamic = None  # rebuilt only if the live model refuses a size
+                _copy_refused[self._model] = True  # the float32 scout need not try again
             self._live = LiveModel(self._model, dtype=self._dtype, linearize=self._linearize)
         elif self._model.built:
             self._live = LiveModel(self._model, dtype=self._dtype, linearize=self._linearize)
