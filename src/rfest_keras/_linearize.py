@@ -181,6 +181,7 @@ def narrow_config(config: dict[str, Any]) -> bool:
             return False
     for inner in reshapes:
         inner["target_shape"] = [*inner["target_shape"][:-1], -1]
+    _defer_nested_sequential_builds(config)
     for inner, key in changes:
         inner[key] = _WIDTH
     return True
@@ -221,6 +222,20 @@ def linear_operation(operation: Any) -> Any:
         return original(*args, **kwargs)
 
     return call
+
+
+def _defer_nested_sequential_builds(config: dict[str, Any]) -> None:
+    """Nested Sequential models declare their input's channel count; narrowed, it
+    changes, so they lose their input layer and build when first called."""
+    for entry in config.get("layers", []):
+        inner = entry.get("config")
+        if entry.get("class_name") not in _CONTAINERS or not isinstance(inner, dict):
+            continue
+        if entry["class_name"] == "Sequential":
+            inner["layers"] = [e for e in inner["layers"] if e["class_name"] != "InputLayer"]
+            inner.pop("build_input_shape", None)
+            entry.pop("build_config", None)
+        _defer_nested_sequential_builds(inner)
 
 
 def _adds_unit_axes(target: Any) -> bool:

@@ -144,6 +144,7 @@ class KerasGradientProvider:
         self._live: LiveModel | None = None
         self._route_chosen = False
         self._live_refused: set[tuple[int, ...]] = set()
+        self._live_result: Any = None
         self._shapes: dict[tuple[int, ...], dict[str, tuple[int, ...]]] = {}
 
     @property
@@ -283,7 +284,27 @@ class KerasGradientProvider:
             except RFEstError:
                 raise
             except Exception as exc:
-                raise self._call_error(shape, exc) from exc
+                if live or not self._live_works(spatial, name, work):
+                    raise self._call_error(shape, exc) from exc
+                return self._live_result
+
+    def _live_works(
+        self, spatial: tuple[int, ...], name: str, work: Callable[[Callable[[Any], Any]], Any]
+    ) -> bool:
+        """The one-channel copy failed: if the model itself runs there, measure it from
+        now on (the copy met something narrowing cannot follow); else keep the copy."""
+        if self._dynamic is None or not self._dynamic.narrowed or self._build_function:
+            return False
+        dynamic, self._dynamic = self._dynamic, None
+        self._live = LiveModel(self._model, dtype=self._dtype, linearize=self._linearize)
+        try:
+            self._live_result = work(self._function(spatial, name))
+        except Exception:
+            self._dynamic, self._live = dynamic, None
+            return False
+        _copy_refused[self._model] = True
+        self._shapes.clear()
+        return True
 
     def _probe_input(self, shape: tuple[int, ...]) -> np.ndarray:
         if self._linearize:
