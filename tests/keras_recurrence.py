@@ -24,7 +24,36 @@ from typing import Any
 
 import keras
 
-__all__ = ["Span", "field_of"]
+__all__ = ["DEFAULT_SIZE", "Span", "field_of"]
+
+# Default input size of every keras.applications model (its ``default_size``).
+DEFAULT_SIZE = {
+    **dict.fromkeys(
+        ["ConvNeXtBase", "ConvNeXtLarge", "ConvNeXtSmall", "ConvNeXtTiny", "ConvNeXtXLarge"], 224
+    ),
+    **dict.fromkeys(["DenseNet121", "DenseNet169", "DenseNet201"], 224),
+    **dict(
+        zip(
+            [f"EfficientNetB{i}" for i in range(8)],
+            [224, 240, 260, 300, 380, 456, 528, 600],
+            strict=True,
+        )
+    ),
+    **dict(zip([f"EfficientNetV2B{i}" for i in range(4)], [224, 240, 260, 300], strict=True)),
+    "EfficientNetV2S": 384,
+    "EfficientNetV2M": 480,
+    "EfficientNetV2L": 480,
+    "InceptionResNetV2": 299,
+    "InceptionV3": 299,
+    **dict.fromkeys(["MobileNet", "MobileNetV2", "MobileNetV3Large", "MobileNetV3Small"], 224),
+    "NASNetLarge": 331,
+    "NASNetMobile": 224,
+    **dict.fromkeys(
+        ["ResNet50", "ResNet101", "ResNet152", "ResNet50V2", "ResNet101V2", "ResNet152V2"], 224
+    ),
+    **dict.fromkeys(["VGG16", "VGG19"], 224),
+    "Xception": 299,
+}
 
 _WINDOWED = ("Conv", "Pooling", "DepthwiseConv", "SeparableConv")
 

@@ -25,31 +25,10 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # see test_keras_networks.p
 keras = pytest.importorskip("keras")
 
 import rfest  # noqa: E402
-from keras_recurrence import field_of  # noqa: E402
+from keras_recurrence import DEFAULT_SIZE, field_of  # noqa: E402
 
 pytestmark = pytest.mark.keras
 
-DEFAULT_SIZE = {
-    **dict.fromkeys(
-        ["ConvNeXtBase", "ConvNeXtLarge", "ConvNeXtSmall", "ConvNeXtTiny", "ConvNeXtXLarge"], 224
-    ),
-    **dict.fromkeys(["DenseNet121", "DenseNet169", "DenseNet201"], 224),
-    **dict(zip([f"EfficientNetB{i}" for i in range(8)], [224, 240, 260, 300, 380, 456, 528, 600])),
-    **dict(zip([f"EfficientNetV2B{i}" for i in range(4)], [224, 240, 260, 300])),
-    "EfficientNetV2S": 384,
-    "EfficientNetV2M": 480,
-    "EfficientNetV2L": 480,
-    "InceptionResNetV2": 299,
-    "InceptionV3": 299,
-    **dict.fromkeys(["MobileNet", "MobileNetV2", "MobileNetV3Large", "MobileNetV3Small"], 224),
-    "NASNetLarge": 331,
-    "NASNetMobile": 224,
-    **dict.fromkeys(
-        ["ResNet50", "ResNet101", "ResNet152", "ResNet50V2", "ResNet101V2", "ResNet152V2"], 224
-    ),
-    **dict.fromkeys(["VGG16", "VGG19"], 224),
-    "Xception": 299,
-}
 REPRESENTATIVE = (
     "MobileNetV3Small",  # squeeze-excite and hard-swish products: global
     "NASNetMobile",  # declares a fixed 224x224 input; cells of separable convolutions
