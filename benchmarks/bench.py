@@ -259,7 +259,7 @@ def case_keras_application(name: str, repeat: int) -> dict[str, Any]:
     import tensorflow as tf
 
     import rfest
-    from keras_recurrence import DEFAULT_SIZE, field_of
+    from keras_recurrence import DEFAULT_SIZE, MAX_INPUT_SIZE, field_of
 
     size = DEFAULT_SIZE[name]
     model = getattr(keras.applications, name)(
@@ -277,7 +277,7 @@ def case_keras_application(name: str, repeat: int) -> dict[str, Any]:
     base = _median_time(forward_backward, repeat)
     expected = field_of(model, (size, size))
     start = time.perf_counter()
-    rf = rfest.compute(model, max_input_size=8192)
+    rf = rfest.compute(model, max_input_size=MAX_INPUT_SIZE.get(name, 4096))
     timed = time.perf_counter() - start
     got = None if rf.is_global else (rf.size, rf.stride, rf.padding)
     assert got == expected, (got, expected)

@@ -24,7 +24,7 @@ from typing import Any
 
 import keras
 
-__all__ = ["DEFAULT_SIZE", "Span", "field_of"]
+__all__ = ["DEFAULT_SIZE", "MAX_INPUT_SIZE", "Span", "field_of"]
 
 # Default input size of every keras.applications model (its ``default_size``).
 DEFAULT_SIZE = {
@@ -54,6 +54,12 @@ DEFAULT_SIZE = {
     **dict.fromkeys(["VGG16", "VGG19"], 224),
     "Xception": 299,
 }
+
+# Probe-size caps above rfest's default 4096 where the field needs them: from 299 the
+# estimator grows 299 -> 1196 -> 4096 while every unit is clipped, and 4096 - 299 is not
+# a multiple of the stride 32, so the 3039 field is seen but not fitted at the cap
+# (rfest._estimate; reported). 8192 lets it step to an aligned size.
+MAX_INPUT_SIZE = {"InceptionResNetV2": 8192}
 
 _WINDOWED = ("Conv", "Pooling", "DepthwiseConv", "SeparableConv")
 
