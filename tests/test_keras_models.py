@@ -114,3 +114,32 @@ def test_tf_keras_model_gets_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setitem(sys.modules, module.__name__, module)
     with pytest.raises(rfest.BackendError, match=r"tf_keras.*Keras 3"):
         rfest.compute(functional(), (32, 32, 3))
+
+
+def fixed_size_backbone() -> keras.Model:
+    """A nested model whose Flatten + Dense head fixes its 8x8 input; two k5 'same' convs
+    inside it (pad 2 each): r9, padding 4, larger than the input: the probe must grow."""
+    inner = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            L.Conv2D(2, 5, padding="same", name="c1"),
+            L.Conv2D(2, 5, padding="same", name="c2"),
+            L.Flatten(),
+            L.Dense(3, name="fixing_dense"),
+        ],
+        name="backbone",
+    )
+    x = inputs = keras.Input((8, 8, 1))
+    return keras.Model(inputs, L.Dense(2)(inner(x)))
+
+
+def test_nested_model_with_a_size_fixing_head() -> None:
+    model = fixed_size_backbone()
+    before = state(model)
+    # Linearized, a copy is rebuilt at each grown size (constant weights fit any size).
+    rf = rfest.compute(model, output="c2")
+    assert geometry(rf) == ((9, 9), (1, 1), (4, 4)) and rf.grown
+    # With its own weights the model cannot grow: the error names the layer that fixes it.
+    with pytest.raises(rfest.ModelCallError, match="fixing_dense"):
+        rfest.compute(model, output="c2", linearize=False)
+    assert_untouched(before, model)
