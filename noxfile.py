@@ -1,4 +1,11 @@
-"""Developer sessions: ``nox -s lint``, ``nox -s tests_core``, ``nox -s tests_torch``."""
+"""Developer sessions: ``nox -s lint``, ``nox -s tests_core``, ``nox -s tests_torch`` ...
+
+Each ``tests_*`` session installs one subset of the frameworks and sets
+``RFEST_REQUIRE_FRAMEWORKS`` to it, so a test of an installed framework that skips fails
+(conftest.py); tests of frameworks the session does not install skip. ``tests_core`` runs
+the core with no framework at all: estimator, registry, kit, options, the sample plugin and
+its conformance suite. .ci/run runs the four sessions after the README's commands.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +17,23 @@ nox.options.default_venv_backend = "venv"
 CONSTRAINTS = ("-c", "constraints.txt")
 
 
+def _install(session: nox.Session, *args: str) -> None:
+    """pip >= 25.1 first: the venv's bundled pip does not know --group."""
+    session.install("-U", "pip>=25.1")
+    session.install(*CONSTRAINTS, *args)
+
+
+def _pytest(session: nox.Session, required: str, *args: str) -> None:
+    env = {"RFEST_REQUIRE_FRAMEWORKS": required}
+    session.run(
+        "python", "-m", "pytest", "-p", "no:cacheprovider", *args, *session.posargs, env=env
+    )
+
+
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff (lint + format check) and mypy --strict on the sources."""
-    session.install(*CONSTRAINTS, "-e", ".[torch]", "--group", "lint")
+    _install(session, "-e", ".[torch]", "--group", "lint")
     session.run("ruff", "check", "src", "tests", "noxfile.py")
     session.run("ruff", "format", "--check", "src", "tests", "noxfile.py")
     session.run("mypy")
@@ -21,23 +41,23 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def tests_core(session: nox.Session) -> None:
-    """The core alone, with no framework installed: estimator, registry, result."""
-    session.install(*CONSTRAINTS, "-e", ".", "--group", "test")
-    session.run("python", "-m", "pytest", *session.posargs)
+    """The core alone, with no framework installed (matplotlib only, for the plots)."""
+    _install(session, "-e", ".", "--group", "test")
+    _pytest(session, "matplotlib")
 
 
 @nox.session
 def tests_torch(session: nox.Session) -> None:
-    """Everything, with the PyTorch backend."""
-    session.install(*CONSTRAINTS, "-e", ".[torch,plot]", "--group", "test")
-    session.run("python", "-m", "pytest", *session.posargs)
+    """Everything but Keras and JAX, with the PyTorch backend."""
+    _install(session, "-e", ".[torch,plot]", "--group", "test")
+    _pytest(session, "torch,matplotlib", "-m", "not keras and not jax")
 
 
 @nox.session
 def tests_keras(session: nox.Session) -> None:
     """The Keras tests, on TensorFlow here and on JAX and PyTorch in subprocesses."""
-    session.install(*CONSTRAINTS, "-e", ".[all]", "--group", "test", "--group", "tensorflow")
-    session.run("python", "-m", "pytest", "-m", "keras", *session.posargs)
+    _install(session, "-e", ".[all]", "--group", "test", "--group", "tensorflow")
+    _pytest(session, "keras,tensorflow,jax,torch", "-m", "keras")
 
 
 @nox.session
@@ -50,22 +70,30 @@ def keras_applications(session: nox.Session) -> None:
 
 @nox.session
 def tests_jax(session: nox.Session) -> None:
-    """The JAX / Flax backend and the cross-framework parity suite."""
-    session.install(*CONSTRAINTS, "-e", ".[torch,jax]", "--group", "test")
-    session.run("python", "-m", "pytest", "-m", "jax", *session.posargs)
+    """The JAX / Flax backend and the cross-framework parity suite (which needs torch)."""
+    _install(session, "-e", ".[torch,jax]", "--group", "test")
+    _pytest(session, "jax,flax,torch", "-m", "jax")
+
+
+@nox.session
+def props(session: nox.Session) -> None:
+    """The property-based tests, long profile: thousands of random networks per framework."""
+    session.install(*CONSTRAINTS, "-e", ".[all]", "--group", "test", "--group", "tensorflow")
+    session.env["RFEST_HYPOTHESIS"] = "long"
+    session.run("python", "-m", "pytest", "tests/test_properties.py", *session.posargs)
 
 
 @nox.session
 def bench(session: nox.Session) -> None:
     """Speed and memory against one forward+backward pass (benchmarks/bench.py)."""
-    session.install(*CONSTRAINTS, "-e", ".[all]", "--group", "test", "--group", "tensorflow")
+    _install(session, "-e", ".[all]", "--group", "test", "--group", "tensorflow")
     session.run("python", "benchmarks/bench.py", *session.posargs)
 
 
 @nox.session
 def docs(session: nox.Session) -> None:
     """The documentation site, warnings as errors; regenerate the gallery with posargs 'gallery'."""
-    session.install(*CONSTRAINTS, "-e", ".[torch,plot]", "--group", "docs")
+    _install(session, "-e", ".[torch,plot]", "--group", "docs")
     if "gallery" in session.posargs:
         session.run("python", "docs/gallery/make_gallery.py")
     session.run("mkdocs", "build", "--strict")

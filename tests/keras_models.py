@@ -100,7 +100,7 @@ def custom_layer_net() -> keras.Model:
 
 
 def shared_layer_net() -> keras.Model:
-    """One k3 valid conv applied twice (shared@0 r3, shared@1 r5), then a 1x1 head: r5."""
+    """One k3 valid conv applied twice (shared:1 r3, shared:2 r5), then a 1x1 head: r5."""
     x = inputs = keras.Input((None, None, 3))
     shared = L.Conv2D(3, 3, activation="relu", name="shared")
     return keras.Model(inputs, L.Conv2D(2, 1, name="head")(shared(shared(x))))

@@ -18,9 +18,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import rfest  # noqa: E402
 from rfest._cli import EXIT_CODES, main  # noqa: E402
-from rfest._registry import load_backend  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
@@ -46,6 +44,7 @@ MODELS = textwrap.dedent(
             super().__init__(nn.Conv2d(1, 1, 3), nn.AvgPool2d(2))
 
     small = Small()
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
 
     def broken():
         raise RuntimeError("weights file missing")
@@ -114,7 +113,7 @@ def test_progress_goes_to_stderr(models: Path, capsys: pytest.CaptureFixture[str
         (["rfest_cli_models"], 2, "package.module:attr"),
         (["rfest_cli_models:small", "-i", "1,ten,10"], 2, "'ten' is not a positive integer"),
         (["rfest_cli_models:small", "-i", "1,10,10", "-o", "nope"], 2, "no module named 'nope'"),
-        (["rfest_cli_models:small"], 2, "input_shape"),
+        (["rfest_cli_models:mlp"], 2, "input_shape"),
         (["no_such_module_rfest:x"], 3, "cannot import 'no_such_module_rfest'"),
         (["rfest_cli_models:nothing"], 3, "has no attribute 'nothing'"),
         (["rfest_cli_models:broken"], 3, "weights file missing"),
@@ -158,10 +157,6 @@ def test_python_dash_m_end_to_end(models: Path, tmp_path: Path) -> None:
 @pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
 def test_saved_keras_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     keras = pytest.importorskip("keras")
-    try:
-        load_backend("keras")
-    except rfest.RFEstError:
-        pytest.skip("the rfest keras backend does not load yet")
     # conv k5 then conv k3 stride 2: r 5 + 2 = 7, j2; 'valid': padding 0.
     inputs = keras.Input((32, 32, 1))
     x = keras.layers.Conv2D(2, 5, name="c1")(inputs)

@@ -46,11 +46,11 @@ def test_subclassed_model_without_get_config() -> None:
 def test_shared_layer_applied_twice_names_each_call() -> None:
     model = shared_layer_net()
     before = state(model)
-    rfs = rfest.compute(model, (20, 20, 3), output=["shared@0", "shared@1", "head"])
-    assert geometry(rfs["shared@0"]) == ((3, 3), (1, 1), (0, 0))
-    assert geometry(rfs["shared@1"]) == ((5, 5), (1, 1), (0, 0))
+    rfs = rfest.compute(model, (20, 20, 3), output=["shared:1", "shared:2", "head"])
+    assert geometry(rfs["shared:1"]) == ((3, 3), (1, 1), (0, 0))
+    assert geometry(rfs["shared:2"]) == ((5, 5), (1, 1), (0, 0))
     assert geometry(rfs["head"]) == ((5, 5), (1, 1), (0, 0))
-    with pytest.raises(rfest.OutputNotFoundError, match="shared@1"):
+    with pytest.raises(rfest.OutputNotFoundError, match="shared:2"):
         rfest.compute(model, (20, 20, 3), output="shared")
     assert_untouched(before, model)
 

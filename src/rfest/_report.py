@@ -1,29 +1,37 @@
-"""Per-layer report: the receptive field of every layer of a model, in one pass per probe.
+"""Per-layer report: the receptive field of every layer of a model, at the cost of a few passes.
 
-The backend lists the layers (`rfest.LayerListingProvider`); one provider is built
-for all of them, so each probe size runs the model once for every layer's output shape.
-A layer whose output rfest cannot measure (not a tensor, never run, no spatial axes
-matching the input, a field that does not fit...) gets a record that says why; the
-report never stops at it.
+The backend lists the layers (`rfest.LayerListingProvider`); one provider is built for
+all of them, so each probe size runs the model once for every layer's output shape. When
+the provider can serve several outputs in one pass (``gradient_maps_many``), every
+layer's estimate runs at once and their gradient requests share forward and backward
+passes (:mod:`rfest._batch`); otherwise layers are measured one after another. Either
+way each layer is measured as `rfest.compute` measures it (thin float32 scout probes,
+confirmed in the asked dtype), with the same answers. A layer whose output rfest cannot
+measure (not a tensor, never run, no spatial axes matching the input, a field that does
+not fit...) gets a record that says why; the report never stops at it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from rfest._batch import MultiOutputGradientProvider, run_batched
 from rfest._errors import BackendError, InputShapeError, ModelCallError, RFEstError
-from rfest._estimate import DEFAULT_FREE_SIZE, DEFAULT_MAX_INPUT_SIZE, estimate
+from rfest._estimate import estimate
+from rfest._options import DEFAULT_MAX_INPUT_SIZE, Dtype, ProbeOptions, check_outputs
 from rfest._protocol import GradientProvider, LayerListingProvider
-from rfest._registry import detect_backend, make_provider
 from rfest._result import ReceptiveField
+from rfest._session import Session
 
 __all__ = ["LayerRecord", "LayerReport", "ProgressCallback", "report"]
 
 ProgressCallback = Callable[[int, int, str], None]
-"""Called as ``progress(done, total, layer_name)`` before each layer is measured."""
+"""Called as ``progress(done, total, layer_name)`` as the records complete, in report
+order (``layer_name`` is that of record ``done``), then ``progress(total, total, "")``."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,11 @@ class LayerRecord:
     uniform: bool = True
     grown: bool = False
     error: str | None = None
+    step: int | None = None
+    """Position of the layer's output in one forward pass (0 first), where the backend
+    says (``execution_order()``); None otherwise or when the layer did not run."""
+    leaf: bool = True
+    """False for a layer that holds other layers (a PyTorch container, a nested model)."""
 
     @property
     def status(self) -> str:
@@ -105,6 +118,8 @@ class LayerReport:
     records: tuple[LayerRecord, ...]
     input_shape: tuple[int, ...]
     backend: str | None = None
+    inferred_input_shape: tuple[int | None, ...] | None = None
+    """As `ReceptiveField.inferred_input_shape`: what rfest read from the model."""
 
     def __len__(self) -> int:
         return len(self.records)
@@ -127,6 +142,9 @@ class LayerReport:
         document = {
             "input_shape": list(self.input_shape),
             "backend": self.backend,
+            "inferred_input_shape": None
+            if self.inferred_input_shape is None
+            else list(self.inferred_input_shape),
             "layers": self.to_dicts(),
         }
         return json.dumps(document, **dumps_options)
@@ -165,7 +183,7 @@ def report(
     *,
     backend: str | None = None,
     layers: Sequence[str] | None = None,
-    dtype: str = "float64",
+    dtype: Dtype = "float64",
     linearize: bool = True,
     max_input_size: int = DEFAULT_MAX_INPUT_SIZE,
     progress: ProgressCallback | None = None,
@@ -190,14 +208,22 @@ def report(
         2 (4, 4) (2, 2) ok
         3 None None global
     """
-    name = backend if backend is not None else detect_backend(model)
-    options = dict(dtype=dtype, linearize=linearize, **backend_options)
+    options = ProbeOptions.check(dtype=dtype, linearize=linearize, max_input_size=max_input_size)
+    if layers is not None and layers:
+        layers = check_outputs(layers, "a layer name")
+    session = Session(
+        model, input_shape, backend=backend, options=options, backend_options=backend_options
+    )
+    name = session.backend
 
     def build(output: str | Sequence[str] | None) -> GradientProvider:
-        return make_provider(name, model, input_shape=input_shape, output=output, **options)
+        return session.provider(_key(output))
+
+    def scout(output: str | Sequence[str] | None) -> GradientProvider | None:
+        return session.scout(_key(output))
 
     lister = build(None)
-    base = tuple(DEFAULT_FREE_SIZE if n is None else int(n) for n in lister.spatial_shape)
+    base = session.free_spatial(lister)
     if layers is None:
         if not isinstance(lister, LayerListingProvider):
             raise BackendError(
@@ -205,27 +231,94 @@ def report(
                 f"no layer_names()); pass layers=[...] with the names to report"
             )
         layers = lister.layer_names()
-    names = list(dict.fromkeys(layers))
+    names = list(dict.fromkeys([layers] if isinstance(layers, str) else layers))
     if not names:
         raise InputShapeError("the model has no layers to report; pass layers=[...]")
-    types = _layer_types(model)
+    types = _layer_types(model, names)
     shared, failures = _shared_provider(build, names, base)
-    records = []
-    for done, layer in enumerate(names):
-        if progress is not None:
-            progress(done, len(names), layer)
+    shared_scout = scout(list(shared.output_names)) if shared is not None else None
+    records: list[LayerRecord | None] = [None] * len(names)
+    reported = 0
+
+    def complete(index: int, record: LayerRecord) -> None:
+        nonlocal reported
+        records[index] = record
+        while reported < len(names) and records[reported] is not None:
+            if progress is not None:
+                progress(reported, len(names), names[reported])
+            reported += 1
+
+    measured = [k for k, layer in enumerate(names) if layer not in failures]
+    for k, layer in enumerate(names):
         if layer in failures:
-            records.append(LayerRecord(layer, type=types.get(layer), error=failures[layer]))
-            continue
-        records.append(_measure(build, shared, layer, types.get(layer), max_input_size))
+            complete(k, LayerRecord(layer, type=types.get(layer), error=failures[layer]))
+
+    def measure(k: int) -> Callable[[GradientProvider, GradientProvider | None], LayerRecord]:
+        def run(provider: GradientProvider, provider_scout: GradientProvider | None) -> LayerRecord:
+            return _measure(
+                build,
+                scout,
+                provider,
+                provider_scout,
+                names[k],
+                types.get(names[k]),
+                max_input_size,
+            )
+
+        return run
+
+    if isinstance(shared, MultiOutputGradientProvider) and (
+        shared_scout is None or isinstance(shared_scout, MultiOutputGradientProvider)
+    ):
+
+        def done(index: int, result: LayerRecord | BaseException) -> None:
+            if isinstance(result, BaseException):
+                raise result
+            complete(measured[index], result)
+
+        run_batched([measure(k) for k in measured], shared, shared_scout, on_done=done)
+    else:
+        for k in measured:
+            complete(k, measure(k)(shared, shared_scout))  # type: ignore[arg-type]
     if progress is not None:
         progress(len(names), len(names), "")
-    return LayerReport(tuple(records), input_shape=base, backend=name)
+    inferred = getattr(lister, "inferred_input_shape", None)
+    placed = _placed([r for r in records if r is not None], lister)
+    return LayerReport(
+        placed,
+        input_shape=base,
+        backend=name,
+        inferred_input_shape=None if inferred is None else tuple(inferred),
+    )
+
+
+def _placed(records: list[LayerRecord], lister: GradientProvider) -> tuple[LayerRecord, ...]:
+    """Records with their position in the forward pass and whether they hold other layers,
+    where the backend tells (an optional ``execution_order()`` of ``(name, is leaf)``)."""
+    order = getattr(lister, "execution_order", None)
+    if not callable(order):
+        return tuple(records)
+    try:
+        steps = {name: (step, leaf) for step, (name, leaf) in enumerate(order())}
+    except RFEstError:
+        return tuple(records)
+    return tuple(
+        dataclasses.replace(r, step=steps[r.name][0], leaf=steps[r.name][1])
+        if r.name in steps
+        else r
+        for r in records
+    )
+
+
+def _key(output: str | Sequence[str] | None) -> str | tuple[str, ...] | None:
+    return output if output is None or isinstance(output, str) else tuple(output)
 
 
 def _measure(
     build: Callable[[str | Sequence[str] | None], GradientProvider],
+    scout: Callable[[str | Sequence[str] | None], GradientProvider | None],
     shared: GradientProvider | None,
+    shared_scout: GradientProvider | None,
     layer: str,
     type_name: str | None,
     max_input_size: int,
@@ -235,11 +328,11 @@ def _measure(
     try:
         if shared is not None:
             try:
-                rf = estimate(shared, layer, max_input_size=max_input_size)
+                rf = estimate(shared, layer, max_input_size=max_input_size, scout=shared_scout)
                 return LayerRecord.from_field(layer, rf, type_name)
             except ModelCallError:
                 pass
-        rf = estimate(build(layer), layer, max_input_size=max_input_size)
+        rf = estimate(build(layer), layer, max_input_size=max_input_size, scout=scout(layer))
         return LayerRecord.from_field(layer, rf, type_name)
     except RFEstError as exc:
         return LayerRecord(layer, type=type_name, error=_reason(exc))
@@ -276,8 +369,18 @@ def _shared_provider(
     return (build(good) if good else None), failures
 
 
-def _layer_types(model: Any) -> dict[str, str]:
-    """Class names of the model's layers, where the model lists them (duck-typed)."""
+def _layer_types(model: Any, names: Sequence[str]) -> dict[str, str]:
+    """Class names of the model's layers, where the model lists them (duck-typed); a call
+    ``name:k`` of a layer called several times has the type of ``name``."""
+    types = _declared_types(model)
+    for name in names:
+        layer, separator, call = name.rpartition(":")
+        if name not in types and separator and call.isdigit() and layer in types:
+            types[name] = types[layer]
+    return types
+
+
+def _declared_types(model: Any) -> dict[str, str]:
     named_modules = getattr(model, "named_modules", None)
     if callable(named_modules):
         try:

@@ -30,21 +30,10 @@ from typing import Any
 import keras
 import numpy as np
 
-from rfest import ModelCallError, OutputNotFoundError
+from rfest import ModelCallError, OutputNotFoundError, kit
 from rfest_keras._linearize import constant_value, linear_call, linear_merge, linear_operation
 
-__all__ = ["LiveModel", "Patches", "all_layers", "call_name", "layer_calls"]
-
-CALL_SEPARATOR = "@"
-"""``"name@k"`` names the ``k``-th call (from 0) of a layer called more than once."""
-
-
-def call_name(name: str) -> tuple[str, int | None]:
-    """``"conv@1"`` -> ``("conv", 1)``; ``"conv"`` -> ``("conv", None)``."""
-    base, sep, index = name.rpartition(CALL_SEPARATOR)
-    if sep and base and index.isdigit():
-        return base, int(index)
-    return name, None
+__all__ = ["LiveModel", "Patches", "all_layers", "layer_calls"]
 
 
 class Patches:
@@ -99,7 +88,7 @@ class LiveModel:
         >>> import keras, numpy as np
         >>> net = keras.Sequential([keras.Input((None, 1)), keras.layers.Conv1D(1, 3)])
         >>> live = LiveModel(net, dtype="float64", linearize=True)
-        >>> y = live.function("output")(keras.ops.ones((1, 5, 1), dtype="float64"))
+        >>> y = live.function(None)(keras.ops.ones((1, 5, 1), dtype="float64"))
         >>> keras.ops.convert_to_numpy(y)[0, :, 0].tolist()
         [1.0, 1.0, 1.0]
     """
@@ -113,47 +102,37 @@ class LiveModel:
     def layer_names(self) -> tuple[str, ...]:
         return tuple(self._names)
 
-    def function(self, name: str, model_output: str = "output") -> Callable[[Any], Any]:
-        """``x -> output`` of layer ``name`` (``model_output``: the model's own output)."""
-        if name == model_output and name not in self._names:
+    def function(self, name: str | None) -> Callable[[Any], Any]:
+        """``x -> output`` of layer ``name`` (``"name:k"``: its k-th call; None: the
+        model's own output)."""
+        if name is None:
             return lambda x: self._call(x, None)
-        base, index = call_name(name)
-        if base not in self._names:
-            raise OutputNotFoundError(f"the model has no layer named {base!r}")
+        split = kit.split_call(name, set(self._names))
+        if split is None:
+            raise OutputNotFoundError(f"the model has no layer named {name!r}")
+        base, index = split
         if len(self._names[base]) > 1:
             raise OutputNotFoundError(
                 f"{len(self._names[base])} different layers are named {base!r} (in nested "
                 f"models); rename one of them to measure it"
             )
         layer = self._names[base][0]
-        return lambda x: self._call(x, (layer, base, index))
+        return lambda x: self._call(x, (layer, name, base, index))
 
-    def _call(self, x: Any, target: tuple[Any, str, int | None] | None) -> Any:
+    def _call(self, x: Any, target: tuple[Any, str, str, int | None] | None) -> Any:
         calls: list[Any] = []
         with self._session(target[0] if target else None, calls):
             result = self._model(x, training=False)
         if target is None:
             return result
-        _, base, index = target
+        _, name, base, index = target
         if not calls:
             raise OutputNotFoundError(
                 f"layer {base!r} did not run when the model was called; choose a layer on "
                 f"the path from input to output"
             )
-        if index is None:
-            if len(calls) > 1:
-                choices = ", ".join(repr(f"{base}{CALL_SEPARATOR}{k}") for k in range(len(calls)))
-                raise OutputNotFoundError(
-                    f"layer {base!r} is called {len(calls)} times in one forward pass (shared "
-                    f"weights); name the call to measure: {choices}"
-                )
-            index = 0
-        if index >= len(calls):
-            raise OutputNotFoundError(
-                f"{base}{CALL_SEPARATOR}{index} names call {index} (from 0) of {base!r}, "
-                f"but it is called {len(calls)} time(s)"
-            )
-        return calls[index]
+        kit.check_call(name, base, index, len(calls))
+        return calls[(index or 1) - 1]
 
     @contextlib.contextmanager
     def _session(self, target: Any, calls: list[Any]) -> Iterator[None]:

@@ -17,7 +17,6 @@ The user's model is only read; Keras' floatx and dtype policy are restored after
 
 from __future__ import annotations
 
-import difflib
 import math
 import threading
 import weakref
@@ -34,18 +33,17 @@ from rfest import (
     OptionError,
     OutputNotFoundError,
     RFEstError,
+    kit,
 )
+from rfest.kit import MODEL_OUTPUT
 from rfest_keras._autodiff import precision, supported, vjp
-from rfest_keras._live import LiveModel, call_name, layer_calls
+from rfest_keras._live import LiveModel, layer_calls
 from rfest_keras._memory import DEFAULT_MAX_MEMORY_GIB, Budget, count_elements
 from rfest_keras._rebuild import Built, build_copy, finish, is_graph_model, own
 
 __all__ = ["MODEL_OUTPUT", "KerasGradientProvider", "provider"]
 
-MODEL_OUTPUT = "output"
-"""Name under which the model's own output is reported when ``output=None``."""
 
-_DTYPES = ("float32", "float64")
 _lock = threading.RLock()
 _copy_refused: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
 
@@ -109,8 +107,7 @@ class KerasGradientProvider:
                 f"Keras runs on {keras.backend.backend()!r}, which has no gradients rfest can "
                 f"use; set KERAS_BACKEND to tensorflow, jax or torch before importing keras"
             )
-        if dtype not in _DTYPES:
-            raise InputShapeError(f"dtype={dtype!r} is not supported; use one of {_DTYPES}")
+        kit.check_dtype(dtype)
         self._dtype, self._linearize, self._narrow = dtype, linearize, narrow
         if (
             isinstance(max_memory_gib, bool)
@@ -137,7 +134,13 @@ class KerasGradientProvider:
             )
         self._input_index = self._resolve_input(input)
         self._channels, self._spatial = self._resolve_input_shape(input_shape)
-        self._outputs = self._resolve_outputs(output)
+        self._layers_of = kit.resolve_outputs(
+            output,
+            self._known_outputs(output),
+            naming=" Names are Keras layer names at any depth; 'name:k' is the k-th call of "
+            "a shared layer",
+        )
+        self._outputs = tuple(self._layers_of)
         self._dynamic: Built | None = None
         self._dynamic_tried = False
         self._copies: dict[tuple[int, ...], Built] = {}
@@ -339,7 +342,7 @@ class KerasGradientProvider:
 
     def _function(self, spatial: tuple[int, ...], name: str) -> Callable[[Any], Any]:
         if self._live is not None and spatial not in self._live_refused:
-            function = self._live.function(name, MODEL_OUTPUT)
+            function = self._live.function(self._layers_of.get(name, name))
             if not is_graph_model(self._model):
                 return function
             feeds = self._feeds(self._model.inputs)
@@ -359,7 +362,7 @@ class KerasGradientProvider:
 
     def _single_node(self, model: keras.Model, name: str) -> bool:
         """The output is the model's, or a top-level layer called once."""
-        if name == MODEL_OUTPUT:
+        if self._layers_of.get(name, name) is None:
             return True
         try:
             layer = model.get_layer(name)
@@ -418,7 +421,7 @@ class KerasGradientProvider:
         heads: dict[str, keras.Model] = built.__dict__.setdefault("heads", {})
         if name not in heads:
             model = built.model
-            if name == MODEL_OUTPUT:
+            if self._layers_of.get(name, name) is None:
                 if len(model.outputs) != 1:
                     raise OutputNotFoundError(
                         f"the model has {len(model.outputs)} outputs; name the layer whose "
@@ -466,9 +469,9 @@ class KerasGradientProvider:
 
     def _captured(self, built: Built, name: str) -> Callable[[Any], Any]:
         model = built.model
-        if name == MODEL_OUTPUT:
+        if self._layers_of.get(name, name) is None:
             return lambda x: model(x, training=False)
-        base, index = call_name(name)
+        base, index = kit.split_call(name, {name, *self.layer_names()}) or (name, None)
         layer = _find_layer(model, base)
         captured: dict[str, list[Any]] = built.__dict__.setdefault("captured", {})
         if not getattr(layer, "_rfest_capturing", False):
@@ -491,15 +494,8 @@ class KerasGradientProvider:
                     f"layer {name!r} did not run when the model was called; choose a layer "
                     f"on the path from input to output"
                 )
-            if index is None and len(calls) > 1:
-                choices = ", ".join(repr(f"{base}@{k}") for k in range(len(calls)))
-                raise OutputNotFoundError(
-                    f"layer {base!r} is called {len(calls)} times in one forward pass; name "
-                    f"the call to measure: {choices}"
-                )
-            if (index or 0) >= len(calls):
-                raise OutputNotFoundError(f"layer {base!r} is called {len(calls)} time(s)")
-            return calls[index or 0]
+            kit.check_call(name, base, index, len(calls))
+            return calls[(index or 1) - 1]
 
         return function
 
@@ -581,34 +577,23 @@ class KerasGradientProvider:
             )
         return int(channels), shape[:-1]
 
-    def _resolve_outputs(self, output: str | Sequence[str] | None) -> tuple[str, ...]:
-        if output is None:
-            return (MODEL_OUTPUT,)
-        names = [output] if isinstance(output, str) else list(output)
-        if not names or not all(isinstance(n, str) for n in names):
-            raise OutputNotFoundError(
-                f"output={output!r}: expected None, a layer name, or a list of layer names"
-            )
-        known = self.layer_names()
-        for name in names:
-            if name not in known and call_name(name)[0] not in known:
-                close = difflib.get_close_matches(name, known, n=3)
-                hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-                raise OutputNotFoundError(
-                    f"the model has no layer named {name!r}.{hint} Names are Keras layer "
-                    f"names, e.g. {', '.join(repr(n) for n in known[:3])}"
-                )
-        return tuple(names)
+    def _known_outputs(self, output: object) -> Callable[[], list[str]]:
+        """Layer names at any depth, and the calls of shared layers asked for by name."""
+
+        def known() -> list[str]:
+            layers = list(self.layer_names())
+            wanted = [output] if isinstance(output, str) else output
+            calls = [
+                n
+                for n in (wanted if isinstance(wanted, (list, tuple)) else [])
+                if isinstance(n, str) and kit.split_call(n, set(layers)) is not None
+            ]
+            return layers + calls
+
+        return known
 
     def _spatial_of(self, name: str, shape: tuple[int, ...], axes: int) -> tuple[int, ...]:
-        if len(shape) == axes + 2:
-            return tuple(int(s) for s in shape[1:-1])
-        if len(shape) == 2:
-            return ()
-        raise RFEstError(
-            f"output {name!r} has shape {shape}; expected (batch, *spatial, channels) with "
-            f"{axes} spatial axes like the input, or (batch, features)"
-        )
+        return kit.output_spatial_shape(name, shape, axes, "channels_last")
 
     def _call_error(self, shape: tuple[Any, ...], exc: Exception) -> RFEstError:
         hint = (
