@@ -61,6 +61,14 @@ def tests_keras(session: nox.Session) -> None:
 
 
 @nox.session
+def keras_applications(session: nox.Session) -> None:
+    """Every keras.applications model against layer recurrences (the full sweep)."""
+    session.install(*CONSTRAINTS, "-e", ".[all]", "--group", "test", "--group", "tensorflow")
+    session.env["RFEST_KERAS_APPLICATIONS"] = "all"
+    session.run("python", "-m", "pytest", "tests/test_keras_applications.py", *session.posargs)
+
+
+@nox.session
 def tests_jax(session: nox.Session) -> None:
     """The JAX / Flax backend and the cross-framework parity suite (which needs torch)."""
     _install(session, "-e", ".[torch,jax]", "--group", "test")

@@ -421,6 +421,44 @@ def case_lax_function(repeat: int) -> dict[str, Any]:
     return _jax_case(net, (96, 96, 3), None, net, (34, 4, 0), "README net (jax.lax)", repeat)
 
 
+def case_keras_application(name: str, repeat: int) -> dict[str, Any]:
+    """One row of the Keras catalogue: ``keras.applications.<name>`` (weights=None,
+    include_top=False, default size), its last feature map, against one eager float32
+    forward+backward of the same model (no rebuild), checked against layer recurrences."""
+    import keras
+    import tensorflow as tf
+
+    import rfest
+    from keras_recurrence import DEFAULT_SIZE, MAX_INPUT_SIZE, field_of
+
+    size = DEFAULT_SIZE[name]
+    model = getattr(keras.applications, name)(
+        weights=None, include_top=False, input_shape=(size, size, 3)
+    )
+
+    def forward_backward() -> None:
+        x = tf.ones((1, size, size, 3))
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            total = tf.reduce_sum(model(x, training=False))
+        tape.gradient(total, x)
+
+    forward_backward()
+    base = _median_time(forward_backward, repeat)
+    expected = field_of(model, (size, size))
+    start = time.perf_counter()
+    rf = rfest.compute(model, max_input_size=MAX_INPUT_SIZE.get(name, 4096))
+    timed = time.perf_counter() - start
+    got = None if rf.is_global else (rf.size, rf.stride, rf.padding)
+    assert got == expected, (got, expected)
+    field = "global" if expected is None else f"{expected[0][0]}/{expected[1][0]}/{expected[2][0]}"
+    return {
+        "case": f"{name} (keras/tensorflow) {size}x{size} -> {field}",
+        "baseline_s": base,
+        "rfest_s": timed,
+    }
+
+
 CASES: dict[str, Callable[[int], dict[str, Any]]] = {
     "resnet50": case_resnet50_torch,
     "resnet50-blocks": case_resnet50_all_blocks,
@@ -436,15 +474,40 @@ CASES: dict[str, Callable[[int], dict[str, Any]]] = {
 }
 
 
+KERAS_APPLICATIONS = "keras-applications"
+"""Case group: every keras.applications model (``keras:<Name>`` runs one)."""
+
+
+def _expand(names: list[str]) -> list[str]:
+    out = []
+    for name in names:
+        if name == KERAS_APPLICATIONS:
+            from keras_recurrence import DEFAULT_SIZE
+
+            out += [f"keras:{app}" for app in sorted(DEFAULT_SIZE)]
+        else:
+            out.append(name)
+    return out
+
+
 def _child(name: str, repeat: int) -> None:
-    result = CASES[name](repeat)
+    if name.startswith("keras:"):
+        result = case_keras_application(name.partition(":")[2], repeat)
+    else:
+        result = CASES[name](repeat)
     result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(json.dumps(result))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("cases", nargs="*", default=list(CASES), help=f"any of {list(CASES)}")
+    parser.add_argument(
+        "cases",
+        nargs="*",
+        default=list(CASES),
+        help=f"any of {list(CASES)}, {KERAS_APPLICATIONS!r} (the Keras catalogue table: "
+        f"every application, one process each) or 'keras:<Application>'",
+    )
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -452,7 +515,7 @@ def main() -> None:
         _child(args.child, args.repeat)
         return
     print(f"{'case':70} {'rfest s':>8} {'1 f+b s':>8} {'ratio':>6} {'peak GiB':>8}")
-    for name in args.cases:
+    for name in _expand(args.cases):
         out = subprocess.run(
             [sys.executable, __file__, "--child", name, "--repeat", str(args.repeat)],
             capture_output=True,

@@ -62,3 +62,80 @@ class FixedSizeNet(keras.Model):
 
     def call(self, x: Any) -> Any:
         return self.dense(self.flatten(self.conv(x)))
+
+
+class NoConfigNet(keras.Model):
+    """Subclassed, no get_config (the usual case): conv3 r3; max pool 2 r4 j2; conv3 r8."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = L.Conv2D(4, 3, activation="relu", name="conv1")
+        self.pool = L.MaxPooling2D(2, name="pool")
+        self.norm = L.LayerNormalization(name="norm")
+        self.conv2 = L.Conv2D(4, 3, name="conv2")
+
+    def call(self, x: Any) -> Any:
+        return self.conv2(self.norm(self.pool(self.conv1(x))))
+
+
+class GatedBlock(L.Layer):
+    """Custom layer: k3 'same' conv (pad 1), a sigmoid gate from a 1x1 conv of it, then
+    2x2/2 average pooling by a raw op: r3 first-1; r4 j2 first-1."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.conv = L.Conv2D(4, 3, padding="same", activation="relu")
+        self.gate = L.Conv2D(4, 1, activation="sigmoid")
+
+    def call(self, x: Any) -> Any:
+        y = self.conv(x)
+        return keras.ops.average_pool(y * self.gate(y), 2, 2, "valid")
+
+
+def custom_layer_net() -> keras.Model:
+    """GatedBlock then k3 valid: r4 + 2 * 2 = 8, stride 2, padding 1 (unregistered layer)."""
+    x = inputs = keras.Input((None, None, 3))
+    x = GatedBlock(name="block")(x)
+    return keras.Model(inputs, L.Conv2D(2, 3, name="head")(x))
+
+
+def shared_layer_net() -> keras.Model:
+    """One k3 valid conv applied twice (shared:1 r3, shared:2 r5), then a 1x1 head: r5."""
+    x = inputs = keras.Input((None, None, 3))
+    shared = L.Conv2D(3, 3, activation="relu", name="shared")
+    return keras.Model(inputs, L.Conv2D(2, 1, name="head")(shared(shared(x))))
+
+
+def lambda_net() -> keras.Model:
+    """k3 valid, a Lambda (relu, doubled), k3 valid: r5, padding 0."""
+    x = inputs = keras.Input((None, None, 3))
+    x = L.Conv2D(3, 3)(x)
+    x = L.Lambda(lambda t: keras.ops.relu(t) * 2.0, name="lam")(x)
+    return keras.Model(inputs, L.Conv2D(2, 3, name="head")(x))
+
+
+def state(model: keras.Model) -> list[tuple[str, dict[str, Any]]]:
+    """Every layer's instance attributes (by identity) and variables (by value)."""
+    from rfest_keras._autodiff import to_numpy
+
+    layers = model._flatten_layers(include_self=True, recursive=True)
+    out: list[tuple[str, dict[str, Any]]] = [(layer.name, dict(vars(layer))) for layer in layers]
+    values = {v.path: (to_numpy(v), v.trainable, str(v.dtype)) for v in model.weights}
+    out.append(("variables", values))
+    return out
+
+
+def assert_untouched(before: list[tuple[str, dict[str, Any]]], model: keras.Model) -> None:
+    import numpy as np
+
+    after = state(model)
+    assert [n for n, _ in after] == [n for n, _ in before]
+    for (name, old), (_, new) in zip(before[:-1], after[:-1], strict=True):
+        assert old.keys() == new.keys(), (name, set(old) ^ set(new))
+        changed = [k for k in old if old[k] is not new[k] and k != "_rfest_unused"]
+        assert not changed, (name, changed)
+    old_values, new_values = before[-1][1], after[-1][1]
+    assert old_values.keys() == new_values.keys()
+    for path, (value, trainable, dtype) in old_values.items():
+        v2, t2, d2 = new_values[path]
+        assert np.array_equal(value, v2) and trainable == t2 and dtype == d2, path

@@ -16,20 +16,26 @@ import pytest
 
 pytestmark = pytest.mark.keras
 
-MODULES = ("test_keras_networks.py", "test_keras_safety.py")
+# Each group runs in its own process, inside its own time limit (eager JAX compiles
+# every operation at every probe size, so a JAX run is slow).
+GROUPS = {
+    "networks": ("test_keras_networks.py", "test_keras_safety.py"),
+    "models": ("test_keras_models.py", "test_keras_compat.py"),
+}
 HERE = Path(__file__).parent
 
 
 @pytest.mark.skipif(importlib.util.find_spec("keras") is None, reason="needs Keras 3")
 @pytest.mark.skipif("RFEST_KERAS_CHILD" in os.environ, reason="already a backend run")
+@pytest.mark.parametrize("group", list(GROUPS))
 @pytest.mark.parametrize("backend", ["jax", "torch"])
-def test_keras_tests_pass_on_backend(backend: str) -> None:
+def test_keras_tests_pass_on_backend(backend: str, group: str) -> None:
     if importlib.util.find_spec(backend) is None:
         pytest.skip(f"{backend} is not installed")
     env = {**os.environ, "KERAS_BACKEND": backend, "RFEST_KERAS_CHILD": "1"}
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x"]
     result = subprocess.run(
-        [*command, *(str(HERE / m) for m in MODULES)],
+        [*command, *(str(HERE / m) for m in GROUPS[group])],
         env=env,
         capture_output=True,
         text=True,

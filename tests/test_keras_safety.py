@@ -87,3 +87,21 @@ def test_fixed_size_subclassed_model_asks_for_a_build_function() -> None:
     # The build function gives one model per probe size: k3 valid -> 3 / 1 / 0.
     rf = rfest.compute(lambda shape: FixedSizeNet(), (12, 12, 1), backend="keras", output="conv")
     assert (rf.size, rf.stride, rf.padding) == ((3, 3), (1, 1), (0, 0))
+
+
+def test_probe_memory_is_known_before_allocation() -> None:
+    model = receptivefield_readme_net()
+    with pytest.raises(rfest.ProbeSizeError, match="max_memory_gib"):
+        rfest.compute(model, output="feature_grid", max_memory_gib=1e-6)
+    with pytest.raises(rfest.OptionError, match="max_memory_gib"):
+        rfest.compute(model, output="feature_grid", max_memory_gib=0)
+    # A budget of 1.5 units at full size: the units of a probe run one at a time, and the
+    # gradient maps are the same.
+    p = provider(model, output="feature_grid")
+    units = [(7, 7), (8, 8), (0, 0)]
+    together = p.gradient_maps((96, 96), "feature_grid", units)
+    assert p._budget.per_pixel is not None
+    one_unit_gib = p._budget.per_pixel * 96 * 96 * 8 * 2 / 2**30
+    small = provider(model, output="feature_grid", max_memory_gib=1.5 * one_unit_gib)
+    assert np.array_equal(small.gradient_maps((96, 96), "feature_grid", units), together)
+    assert small._budget.batch(96 * 96, 3, (96, 96)) == 1

@@ -5,7 +5,11 @@ The table names Keras layer classes by what they become:
 - pointwise activations, softmax, normalisation, dropout and noise: identity;
 - max pooling (plain, global, adaptive): average pooling of the same geometry;
 - ``Maximum``/``Minimum`` merges: their mean; ``Subtract``: a sum (a difference of two
-  positive paths could cancel where they overlap);
+  positive paths could cancel where they overlap); ``Multiply``: the mean of its
+  factors. A product of two functions of the input (squeeze-excite, gating) has, by the
+  product rule with positive factors, the gradient support of their sum, but its
+  magnitude squares at each gate: sixteen chained gates take it out of float64 range
+  (``x ** 2 ** 16``). The mean keeps every value near 1;
 - every ``activation=`` argument: linear;
 - weights: positive constants (``1 / fan_in``), biases zero.
 
@@ -25,6 +29,10 @@ import keras
 import numpy as np
 
 __all__ = [
+    "constant_value",
+    "linear_call",
+    "linear_merge",
+    "linear_operation",
     "linearize_config",
     "linearize_layers",
     "narrow_config",
@@ -62,7 +70,9 @@ _AS_AVERAGE = {
     for kind in ("", "Global", "Adaptive")
     for d in (1, 2, 3)
 }
-_MERGES = {"Maximum": "Average", "Minimum": "Average", "Subtract": "Add"}
+_MERGES = {"Maximum": "Average", "Minimum": "Average", "Subtract": "Add", "Multiply": "Average"}
+# Graph operations (``x * g`` between Keras tensors in a Functional model) swapped likewise.
+_OPERATIONS = {"Multiply": "mean", "Maximum": "mean", "Minimum": "mean", "Subtract": "sum"}
 
 # Layers whose output channels are all alike once weights are constant, or that treat
 # channels alike: with them only, one channel per layer carries the same support.
@@ -81,12 +91,17 @@ _CHANNEL_BLIND = frozenset(
         "Multiply",
         "Average",
         "Concatenate",
+        "Rescaling",
         "DepthwiseConv1D",
         "DepthwiseConv2D",
         *(f"{kind}{d}D" for kind in ("ZeroPadding", "Cropping", "UpSampling") for d in (1, 2, 3)),
         *(f"{kind}AveragePooling{d}D" for kind in ("", "Global") for d in (1, 2, 3)),
     }
 )
+# Layers of keras.applications (registered, not in keras.layers) that treat channels alike.
+_APPLICATION_LAYERS = {"LayerScale": "projection_dim", "CustomScaleLayer": None}
+# Element-wise graph operations (``x + y``, ``x * g`` between Keras tensors).
+_ELEMENTWISE_OPERATIONS = frozenset({"Add", "Multiply", "Subtract"})
 _WIDTH = 1
 _CONTAINERS = frozenset({"Functional", "Sequential"})
 
@@ -131,41 +146,121 @@ def narrow_config(config: dict[str, Any]) -> bool:
     With constant positive weights every channel a convolution or dense layer produces
     is the same function of the input, so one channel has the support of all of them;
     branches keep one channel each. This holds only for layers that treat channels alike,
-    so any other layer (custom, reshape, grouped convolution...) leaves the config as it
+    so any other layer (custom, reshape...) leaves the config as it
     was and returns False. Run after :func:`linearize_config`.
     """
     changes: list[tuple[dict[str, Any], str]] = []
+    reshapes: list[dict[str, Any]] = []
     for entry in _layer_entries(config):
-        name = entry["class_name"]
-        if name in _CONTAINERS and entry.get("module", "").startswith("keras"):
+        name, module = entry["class_name"], entry.get("module") or ""
+        if name in _CONTAINERS and module.startswith("keras"):
+            continue
+        if len(entry.get("inbound_nodes", [])) > 1:
+            return False  # a shared layer may see a narrowed and a full-width input
+        inner = entry["config"]
+        if module.startswith("keras.src.applications") and name in _APPLICATION_LAYERS:
+            key = _APPLICATION_LAYERS[name]
+            if key is not None:
+                changes.append((inner, key))
+            continue
+        if module.startswith("keras.src.ops") and name in _ELEMENTWISE_OPERATIONS:
             continue
         if not _keras_layer(entry):
             return False
-        inner = entry["config"]
         if name in _WIDTH_PARAMETER:
+            # A grouped convolution's output channels, summed, see every input channel:
+            # with one channel in, one filter in one group has the same support.
             if inner.get("groups", 1) != 1:
-                return False
+                changes.append((inner, "groups"))
             changes.append((inner, _WIDTH_PARAMETER[name]))
+        elif name == "Reshape" and _adds_unit_axes(inner.get("target_shape")):
+            reshapes.append(inner)
         elif name == "Activation" and inner.get("activation") == "linear":
             continue
         elif name not in _CHANNEL_BLIND:
             return False
+    for inner in reshapes:
+        inner["target_shape"] = [*inner["target_shape"][:-1], -1]
+    _defer_nested_sequential_builds(config)
     for inner, key in changes:
         inner[key] = _WIDTH
     return True
 
 
+def linear_call(layer: Any) -> Any:
+    """The linear replacement of ``layer.call`` (identity, average pooling), or None."""
+    name = type(layer).__name__
+    if not type(layer).__module__.startswith("keras."):
+        return None
+    if name in _IDENTITY:
+        return _identity
+    if name in _AS_AVERAGE:
+        return _average_pool(layer, name)
+    return None
+
+
+def linear_merge(layer: Any) -> Any:
+    """The linear replacement of a merge layer's ``_merge_function``, or None."""
+    name = type(layer).__name__
+    if not type(layer).__module__.startswith("keras.") or name not in _MERGES:
+        return None
+    return _sum if _MERGES[name] == "Add" else _mean
+
+
+def linear_operation(operation: Any) -> Any:
+    """The linear replacement of a graph operation's ``call`` (``x * g``...), or None."""
+    kind = _OPERATIONS.get(type(operation).__name__)
+    if kind is None or not type(operation).__module__.startswith("keras.src.ops"):
+        return None
+    combine = _sum if kind == "sum" else _mean
+    original = operation.call
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        tensors = [a for a in args if hasattr(a, "shape") and len(a.shape) > 0]
+        if len(tensors) == len(args) == 2 and not kwargs:
+            return combine(list(args))
+        return original(*args, **kwargs)
+
+    return call
+
+
+def _defer_nested_sequential_builds(config: dict[str, Any]) -> None:
+    """Nested Sequential models declare their input's channel count; narrowed, it
+    changes, so they lose their input layer and build when first called."""
+    for entry in config.get("layers", []):
+        inner = entry.get("config")
+        if entry.get("class_name") not in _CONTAINERS or not isinstance(inner, dict):
+            continue
+        if entry["class_name"] == "Sequential":
+            inner["layers"] = [e for e in inner["layers"] if e["class_name"] != "InputLayer"]
+            inner.pop("build_input_shape", None)
+            entry.pop("build_config", None)
+        _defer_nested_sequential_builds(inner)
+
+
+def _adds_unit_axes(target: Any) -> bool:
+    """A reshape of a channel vector to ``(1, ..., 1, C)`` (squeeze-excite): any C does."""
+    return (
+        isinstance(target, (list, tuple)) and len(target) > 1 and all(d == 1 for d in target[:-1])
+    )
+
+
 def linearize_layers(model: keras.Model) -> None:
-    """Patch the layers of a model copy in place (instance attributes only)."""
+    """Patch the layers and graph operations of a model copy in place."""
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        for operation in (
+            getattr(layer, "_operations", []) if hasattr(layer, "_run_through_graph") else []
+        ):
+            swapped = linear_operation(operation)
+            if swapped is not None:
+                operation.call = swapped
     for layer in model._flatten_layers(include_self=False, recursive=True):
-        name = type(layer).__name__
-        from_keras = type(layer).__module__.startswith("keras.")
-        if from_keras and name in _IDENTITY:
-            layer.call = _identity
-        elif from_keras and name in _AS_AVERAGE:
-            layer.call = _average_pool(layer, name)
-        elif from_keras and name in _MERGES:
-            layer._merge_function = _sum if _MERGES[name] == "Add" else _mean
+        call = linear_call(layer)
+        if call is not None:
+            layer.call = call
+        merge = linear_merge(layer)
+        if merge is not None:
+            layer._merge_function = merge
         if callable(getattr(layer, "activation", None)):
             layer.activation = keras.activations.linear
 
@@ -179,10 +274,11 @@ def set_constant_weights(model: keras.Model) -> None:
             if not dtype.startswith(("float", "bfloat")):
                 continue
             shape = tuple(int(s) for s in variable.shape)
-            variable.assign(np.full(shape, _constant(variable.path, shape, transpose), dtype))
+            variable.assign(np.full(shape, constant_value(variable.path, shape, transpose), dtype))
 
 
-def _constant(path: str, shape: tuple[int, ...], transpose: bool) -> float:
+def constant_value(path: str, shape: tuple[int, ...], transpose: bool) -> float:
+    """The constant a linearized variable takes (by its name and shape)."""
     leaf = path.rpartition("/")[2]
     if "bias" in leaf or leaf in ("beta", "offset", "moving_mean", "mean"):
         return 0.0

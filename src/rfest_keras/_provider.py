@@ -1,13 +1,25 @@
 """The Keras 3 :class:`rfest.GradientProvider`, on whichever framework runs Keras.
 
-rfest measures a copy of the model (see :mod:`rfest_keras._rebuild`), built once with
-free spatial sizes when the model allows it, else once per probe size (cached). The
-user's model is only read; Keras' floatx and dtype policy are restored after each copy.
+Two routes, chosen per model (and per probe size) without the user asking:
+
+- **live** (:mod:`rfest_keras._live`): the user's model itself, called with substituted
+  variables and swapped layer behaviour that are all undone after each call. It runs
+  every model Keras can call: subclassed models without ``get_config``, nested models,
+  shared layers, Lambda and custom layers.
+- **copy** (:mod:`rfest_keras._rebuild`): a linearized copy rebuilt from the config of a
+  Functional/Sequential model. Used where it is the better tool: when every layer treats
+  channels alike the copy has one channel per layer (far cheaper than the live model's
+  full width), and a model whose head fixes the input size (``Flatten`` + ``Dense``) is
+  rebuilt at each probe size.
+
+The user's model is only read; Keras' floatx and dtype policy are restored after each copy.
 """
 
 from __future__ import annotations
 
+import math
 import threading
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -18,18 +30,22 @@ from rfest import (
     BackendError,
     InputShapeError,
     ModelCallError,
+    OptionError,
     OutputNotFoundError,
     RFEstError,
     kit,
 )
 from rfest.kit import MODEL_OUTPUT
 from rfest_keras._autodiff import precision, supported, vjp
+from rfest_keras._live import LiveModel, layer_calls
+from rfest_keras._memory import DEFAULT_MAX_MEMORY_GIB, Budget, count_elements
 from rfest_keras._rebuild import Built, build_copy, finish, is_graph_model, own
 
 __all__ = ["MODEL_OUTPUT", "KerasGradientProvider", "provider"]
 
 
 _lock = threading.RLock()
+_copy_refused: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
 
 
 def provider(model: Any, **options: Any) -> KerasGradientProvider:
@@ -52,6 +68,10 @@ class KerasGradientProvider:
             others are fed ones).
         narrow: measure the linearized copy with one channel per layer when every layer
             treats channels alike (same support, far less work); False keeps widths.
+        max_memory_gib: what one probe's activations and gradients may take (default
+            2). Known before a probe is allocated (a batch-1 pass counts the values the
+            model keeps per input pixel): units are then probed in smaller batches, and a
+            probe too large even for one unit raises ``ProbeSizeError``.
 
     Example:
         >>> import keras
@@ -63,8 +83,12 @@ class KerasGradientProvider:
         ((4, 4), (2, 2), (0, 0))
     """
 
-    float32_scout = False
-    """A float32 scout would be a second rebuild of the model, costlier than it saves."""
+    @property
+    def float32_scout(self) -> bool:
+        """Scout in float32 on the live route (the same model, other substitutes); a copy
+        would have to be rebuilt, which costs about what the scouting saves."""
+        self._choose_route(len(self._spatial))
+        return self._live is not None
 
     def __init__(
         self,
@@ -76,6 +100,7 @@ class KerasGradientProvider:
         linearize: bool = True,
         input: str | None = None,
         narrow: bool = True,
+        max_memory_gib: float = DEFAULT_MAX_MEMORY_GIB,
     ) -> None:
         if not supported():
             raise BackendError(
@@ -84,7 +109,19 @@ class KerasGradientProvider:
             )
         kit.check_dtype(dtype)
         self._dtype, self._linearize, self._narrow = dtype, linearize, narrow
+        if (
+            isinstance(max_memory_gib, bool)
+            or not isinstance(max_memory_gib, (int, float))
+            or not max_memory_gib > 0
+        ):
+            raise OptionError(
+                f"max_memory_gib={max_memory_gib!r} must be a positive number of GiB (what "
+                f"one probe may take), e.g. max_memory_gib=2"
+            )
+        self._budget = Budget(float(max_memory_gib), np.dtype(dtype).itemsize)
+        self._footprint_tried = False
         self._build_function: Callable[[tuple[int | None, ...]], Any] | None = None
+        _refuse_keras_2(model)
         if isinstance(model, keras.Model):
             self._model = model
         elif callable(model):
@@ -99,13 +136,18 @@ class KerasGradientProvider:
         self._channels, self._spatial = self._resolve_input_shape(input_shape)
         self._layers_of = kit.resolve_outputs(
             output,
-            self.layer_names,
-            naming=" Names are Keras layer names",
+            self._known_outputs(output),
+            naming=" Names are Keras layer names at any depth; 'name:k' is the k-th call of "
+            "a shared layer",
         )
         self._outputs = tuple(self._layers_of)
         self._dynamic: Built | None = None
         self._dynamic_tried = False
         self._copies: dict[tuple[int, ...], Built] = {}
+        self._live: LiveModel | None = None
+        self._route_chosen = False
+        self._live_refused: set[tuple[int, ...]] = set()
+        self._live_result: Any = None
         self._shapes: dict[tuple[int, ...], dict[str, tuple[int, ...]]] = {}
 
     @property
@@ -117,16 +159,19 @@ class KerasGradientProvider:
         return self._outputs
 
     def layer_names(self) -> tuple[str, ...]:
-        return tuple(
-            layer.name for layer in self._model.layers if type(layer).__name__ != "InputLayer"
-        )
+        """Every layer name at any depth (layers of nested models included), in order."""
+        return tuple(layer_calls(self._model))
 
     def output_shapes(self, spatial_shape: tuple[int, ...]) -> Mapping[str, tuple[int, ...]]:
         spatial_shape = tuple(int(s) for s in spatial_shape)
         if spatial_shape not in self._shapes:
             # Symbolic: shapes without computing, and sizes too small for the model fail
             # in Keras' shape checks instead of inside a framework kernel.
-            x = keras.KerasTensor((1, *spatial_shape, self._channels), dtype=self._dtype)
+            x: Any = keras.KerasTensor((1, *spatial_shape, self._channels), dtype=self._dtype)
+            if self._is_live(spatial_shape) or not self._symbolic(spatial_shape):
+                # A symbolic call would add nodes to the user's model, and would not run
+                # the captured layers' calls: run it eagerly.
+                x = np.ones((1, *spatial_shape, self._channels), self._dtype)
             self._shapes[spatial_shape] = {
                 name: self._spatial_of(
                     name, tuple(self._run(spatial_shape, name, x).shape), len(spatial_shape)
@@ -142,6 +187,17 @@ class KerasGradientProvider:
         units: Sequence[tuple[int, ...]],
     ) -> np.ndarray:
         spatial_shape = tuple(int(s) for s in spatial_shape)
+        self._measure_footprint(spatial_shape, output_name)
+        step = self._budget.batch(math.prod(spatial_shape), len(units), spatial_shape)
+        parts = [
+            self._maps(spatial_shape, output_name, units[i : i + step])
+            for i in range(0, len(units), step)
+        ]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def _maps(
+        self, spatial_shape: tuple[int, ...], output_name: str, units: Sequence[tuple[int, ...]]
+    ) -> np.ndarray:
         x = self._probe_input((len(units), *spatial_shape, self._channels))
 
         def cotangent(shape: tuple[int, ...]) -> np.ndarray:
@@ -153,6 +209,22 @@ class KerasGradientProvider:
         grad = self._vjp(spatial_shape, output_name, x, cotangent)
         maps: np.ndarray = np.abs(grad).sum(axis=-1)
         return maps
+
+    def _measure_footprint(self, spatial: tuple[int, ...], name: str) -> None:
+        """Values kept per input pixel, counted once on a batch-1 forward pass."""
+        if self._budget.per_pixel is not None or self._footprint_tried:
+            return
+        self._footprint_tried = True
+        x = np.ones((1, *spatial, self._channels), self._dtype)
+        with _lock, precision(self._dtype):
+            try:
+                live = self._is_live(spatial)
+                model = self._model if live else self._copy_for(spatial).model
+                function = self._function(spatial, name)
+                elements = count_elements(model, lambda: function(keras.ops.convert_to_tensor(x)))
+            except Exception:
+                return  # the probe itself will say what is wrong
+        self._budget.measured(elements, math.prod(spatial), self._channels)
 
     def input_gradients(
         self, inputs: np.ndarray, output_name: str, unit: tuple[int, ...]
@@ -180,37 +252,123 @@ class KerasGradientProvider:
         x: np.ndarray,
         cotangent: Callable[[tuple[int, ...]], np.ndarray],
     ) -> np.ndarray:
-        with _lock, precision(self._dtype):
-            function = self._function(spatial, name)
-            try:
-                return vjp(function, x.astype(self._dtype), cotangent)
-            except RFEstError:
-                raise
-            except Exception as exc:
-                raise self._call_error(x.shape, exc) from exc
+        grad: np.ndarray = self._guarded(
+            spatial, name, lambda f: vjp(f, x.astype(self._dtype), cotangent), x.shape
+        )
+        return grad
 
     def _run(self, spatial: tuple[int, ...], name: str, x: Any) -> Any:
+        if isinstance(x, np.ndarray):
+            return self._guarded(
+                spatial, name, lambda f: f(keras.ops.convert_to_tensor(x)), x.shape
+            )
+        return self._guarded(spatial, name, lambda f: f(x), tuple(x.shape))
+
+    def _guarded(
+        self,
+        spatial: tuple[int, ...],
+        name: str,
+        work: Callable[[Callable[[Any], Any]], Any],
+        shape: tuple[Any, ...],
+    ) -> Any:
+        """``work(function)``; a size the live model refuses goes to a rebuilt copy."""
         with _lock, precision(self._dtype):
-            function = self._function(spatial, name)
+            live = self._is_live(spatial)
             try:
-                return function(x)
+                return work(self._function(spatial, name))
+            except ModelCallError as exc:
+                if not (live and is_graph_model(self._model)):
+                    raise self._call_error(shape, exc) from exc
+                self._live_refused.add(spatial)
+                try:
+                    return work(self._function(spatial, name))
+                except Exception:
+                    raise self._call_error(shape, exc) from exc
             except RFEstError:
                 raise
             except Exception as exc:
-                raise self._call_error(tuple(x.shape), exc) from exc
+                if live or not self._live_works(spatial, name, work):
+                    raise self._call_error(shape, exc) from exc
+                return self._live_result
+
+    def _live_works(
+        self, spatial: tuple[int, ...], name: str, work: Callable[[Callable[[Any], Any]], Any]
+    ) -> bool:
+        """The one-channel copy failed: if the model itself runs there, measure it from
+        now on (the copy met something narrowing cannot follow); else keep the copy."""
+        if self._dynamic is None or not self._dynamic.narrowed or self._build_function:
+            return False
+        dynamic, self._dynamic = self._dynamic, None
+        self._live = LiveModel(self._model, dtype=self._dtype, linearize=self._linearize)
+        try:
+            self._live_result = work(self._function(spatial, name))
+        except Exception:
+            self._dynamic, self._live = dynamic, None
+            return False
+        _copy_refused[self._model] = True
+        self._shapes.clear()
+        return True
 
     def _probe_input(self, shape: tuple[int, ...]) -> np.ndarray:
         if self._linearize:
             return np.ones(shape)
         return 0.5 + np.random.default_rng(0).random(shape)
 
+    def _is_live(self, spatial: tuple[int, ...]) -> bool:
+        self._choose_route(len(spatial))
+        return self._live is not None and spatial not in self._live_refused
+
+    def _choose_route(self, axes: int) -> None:
+        """Live unless a one-channel copy serves every size, or the model is ours to use."""
+        if self._route_chosen:
+            return
+        self._route_chosen = True
+        if self._build_function is not None:
+            return
+        if is_graph_model(self._model):
+            if self._linearize and self._narrow and not _copy_refused.get(self._model, False):
+                try:
+                    self._dynamic = self._build(self._model, [None] * axes)
+                except Exception:
+                    self._dynamic = None
+                if self._dynamic is not None and self._dynamic.narrowed:
+                    self._dynamic_tried = True
+                    return
+                self._dynamic = None  # rebuilt only if the live model refuses a size
+                _copy_refused[self._model] = True  # the float32 scout need not try again
+            self._live = LiveModel(self._model, dtype=self._dtype, linearize=self._linearize)
+        elif self._model.built:
+            self._live = LiveModel(self._model, dtype=self._dtype, linearize=self._linearize)
+
     def _function(self, spatial: tuple[int, ...], name: str) -> Callable[[Any], Any]:
+        if self._live is not None and spatial not in self._live_refused:
+            function = self._live.function(self._layers_of.get(name, name))
+            if not is_graph_model(self._model):
+                return function
+            feeds = self._feeds(self._model.inputs)
+            return lambda x: function(feeds(x))
         built = self._copy_for(spatial)
-        if built.graph:
+        if built.graph and self._single_node(built.model, name):
             head = self._head(built, name)
-            feeds = self._feeds(built)
+            feeds = self._feeds(built.model.inputs)
             return lambda x: head(feeds(x), training=False)
         return self._captured(built, name)
+
+    def _symbolic(self, spatial: tuple[int, ...]) -> bool:
+        """Every requested output is a graph head of the copy (shapes without computing)."""
+        with _lock, precision(self._dtype):
+            built = self._copy_for(spatial)
+        return built.graph and all(self._single_node(built.model, n) for n in self._outputs)
+
+    def _single_node(self, model: keras.Model, name: str) -> bool:
+        """The output is the model's, or a top-level layer called once."""
+        if self._layers_of.get(name, name) is None:
+            return True
+        try:
+            layer = model.get_layer(name)
+        except ValueError:
+            return False
+        return len(layer._inbound_nodes) == 1 and not isinstance(layer, keras.Model)
 
     def _copy_for(self, spatial: tuple[int, ...]) -> Built:
         owned = self._build_function is not None and not is_graph_model(self._model)
@@ -281,9 +439,8 @@ class KerasGradientProvider:
             heads[name] = keras.Model(model.inputs, tensor)
         return heads[name]
 
-    def _feeds(self, built: Built) -> Callable[[Any], Any]:
-        inputs = built.model.inputs
-        if len(inputs) == 1:
+    def _feeds(self, inputs: Sequence[Any]) -> Callable[[Any], Any]:
+        if len(inputs) <= 1:
             return lambda x: x
         index = self._input_index
 
@@ -314,14 +471,15 @@ class KerasGradientProvider:
         model = built.model
         if self._layers_of.get(name, name) is None:
             return lambda x: model(x, training=False)
-        layer = _find_layer(model, name)
-        captured: dict[str, Any] = built.__dict__.setdefault("captured", {})
+        base, index = kit.split_call(name, {name, *self.layer_names()}) or (name, None)
+        layer = _find_layer(model, base)
+        captured: dict[str, list[Any]] = built.__dict__.setdefault("captured", {})
         if not getattr(layer, "_rfest_capturing", False):
             call = layer.call
 
             def capture(*args: Any, **kwargs: Any) -> Any:
                 result = call(*args, **kwargs)
-                captured.setdefault(layer.name, result)
+                captured.setdefault(layer.name, []).append(result)
                 return result
 
             layer.call = capture
@@ -330,12 +488,14 @@ class KerasGradientProvider:
         def function(x: Any) -> Any:
             captured.clear()
             model(x, training=False)
-            if layer.name not in captured:
+            calls = captured.pop(layer.name, [])
+            if not calls:
                 raise OutputNotFoundError(
                     f"layer {name!r} did not run when the model was called; choose a layer "
                     f"on the path from input to output"
                 )
-            return captured.pop(layer.name)
+            kit.check_call(name, base, index, len(calls))
+            return calls[(index or 1) - 1]
 
         return function
 
@@ -417,6 +577,21 @@ class KerasGradientProvider:
             )
         return int(channels), shape[:-1]
 
+    def _known_outputs(self, output: object) -> Callable[[], list[str]]:
+        """Layer names at any depth, and the calls of shared layers asked for by name."""
+
+        def known() -> list[str]:
+            layers = list(self.layer_names())
+            wanted = [output] if isinstance(output, str) else output
+            calls = [
+                n
+                for n in (wanted if isinstance(wanted, (list, tuple)) else [])
+                if isinstance(n, str) and kit.split_call(n, set(layers)) is not None
+            ]
+            return layers + calls
+
+        return known
+
     def _spatial_of(self, name: str, shape: tuple[int, ...], axes: int) -> tuple[int, ...]:
         return kit.output_spatial_shape(name, shape, axes, "channels_last")
 
@@ -432,6 +607,21 @@ class KerasGradientProvider:
             f"(batch, *spatial, channels): {exc}. Check that input_shape=(*spatial, C) "
             f"matches what the model takes.{hint}"
         )
+
+
+def _refuse_keras_2(model: Any) -> None:
+    """A tf_keras (Keras 2) model is not a Keras 3 one: say so instead of calling it."""
+    kinds = type(model).__mro__ if not isinstance(model, type) else model.__mro__
+    if not any(c.__module__.partition(".")[0] == "tf_keras" for c in kinds):
+        return
+    raise BackendError(
+        f"this {type(model).__name__} is a tf_keras (Keras 2) model (TF_USE_LEGACY_KERAS=1 or "
+        f"`import tf_keras`); rfest's keras backend runs Keras 3 models, whose variables and "
+        f"layers it substitutes for one call without touching them. Load or build the model "
+        f"with Keras 3 instead: save it (model.save('model.h5')) and load it with "
+        f"keras.saving.load_model('model.h5') in a process without TF_USE_LEGACY_KERAS, or "
+        f"pass a build function that builds it with `import keras` (Keras 3)"
+    )
 
 
 def _required(input_shape: Sequence[int | None] | None, what: str) -> tuple[int | None, ...]:

@@ -67,6 +67,7 @@ def build_copy(
     _set_dtypes(config, dtype)
     if spatial is not None:
         _set_input_size(config, type(model).__name__, input_index, spatial)
+        _free_nested_inputs(config)
     narrowed = False
     if linearize:
         linearize_config(config)
@@ -156,6 +157,32 @@ def _is_float_policy(policy: Any) -> bool:
         name = policy.get("config", {}).get("name", "")
         return isinstance(name, str) and (name in _FLOATS or name.startswith("mixed_"))
     return policy is None
+
+
+def _free_nested_inputs(config: dict[str, Any]) -> None:
+    """Nested Functional/Sequential models (an Application used as a backbone) take any
+    spatial size in the copy; one whose layers need its own size fails to build, and the
+    live route measures the model instead."""
+    for entry in config.get("layers", []):
+        inner = entry.get("config")
+        if entry.get("class_name") not in ("Functional", "Sequential") or not isinstance(
+            inner, dict
+        ):
+            continue
+        entry.pop("build_config", None)
+        for layer in inner.get("layers", []):
+            layer.pop("build_config", None)
+            if layer.get("class_name") == "InputLayer":
+                shape = layer["config"].get("batch_shape")
+                if shape is not None and len(shape) > 2:
+                    layer["config"]["batch_shape"] = _free(shape)
+        if inner.get("build_input_shape") is not None:
+            inner["build_input_shape"] = _free(inner["build_input_shape"])
+        _free_nested_inputs(inner)
+
+
+def _free(shape: Sequence[Any]) -> list[Any]:
+    return [shape[0], *([None] * (len(shape) - 2)), shape[-1]]
 
 
 def _set_input_size(

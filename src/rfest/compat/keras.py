@@ -8,7 +8,7 @@ model (the model's weights are never overwritten, whatever ``init_weights`` says
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
@@ -37,17 +37,56 @@ class KerasReceptiveField(CompatReceptiveField):
         self._session: Session | None = None
         self._layers: list[str] = []
 
+    @overload
     def compute(
         self,
         input_shape: Sequence[int],
         input_layer: str,
         output_layers: Sequence[str],
         **options: Any,
-    ) -> list[FeatureMapDescription]:
+    ) -> list[FeatureMapDescription]: ...
+
+    @overload
+    def compute(
+        self,
+        input_shape: Sequence[int],
+        input_layer: str,
+        output_layers: None = None,
+        *,
+        output_layer: str,
+        **options: Any,
+    ) -> FeatureMapDescription: ...
+
+    def compute(
+        self,
+        input_shape: Sequence[int],
+        input_layer: str,
+        output_layers: Sequence[str] | None = None,
+        *,
+        output_layer: str | None = None,
+        **options: Any,
+    ) -> list[FeatureMapDescription] | FeatureMapDescription:
         """Measure ``output_layers`` for an input of ``input_shape``, the Keras shape
         ``(rows, columns, channels)`` given to ``model_func``. ``input_layer`` must name
         the model's input layer. ``options`` go to `rfest.compute`.
+
+        ``output_layer='name'`` (one layer, as the ``receptivefield`` README writes it)
+        returns that layer's description alone; ``output_layers=[...]`` returns a list.
         """
+        if (output_layer is None) == (output_layers is None):
+            raise TypeError(
+                "pass exactly one of output_layer='name' (one description) or "
+                "output_layers=['name', ...] (a list)"
+            )
+        if output_layer is not None:
+            (description,) = self.compute(input_shape, input_layer, [output_layer], **options)
+            return description
+        assert output_layers is not None
+        if isinstance(output_layers, str):
+            raise TypeError(
+                f"output_layers={output_layers!r} is one name; pass output_layer="
+                f"{output_layers!r} for one description, or a list of names"
+            )
         shape = ImageShape(*input_shape)
         model = self._model_func(shape)
         try:
