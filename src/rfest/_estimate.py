@@ -31,6 +31,7 @@ from rfest._errors import (
     RFEstError,
     SizeDependentGeometryError,
 )
+from rfest._global import jump_for_global
 from rfest._protocol import GradientProvider
 from rfest._result import ReceptiveField
 from rfest._support import Interval, axis_supports
@@ -438,10 +439,24 @@ def _measure_axis(
     while True:
         probe = _probe(provider, output_name, base, base_out, axis, n, m, centre)
         if probe.whole:
-            if _output_len(provider, output_name, base, axis, n + max(_FAR, 4 * cap)) == m:
-                return AxisGeometry(None, None, None, True, n)  # global pooling and the like
-            if n >= cap and m > 1:
-                return AxisGeometry(None, None, None, True, n)  # squeeze-excite, attention
+            jump = jump_for_global(
+                n0,
+                n,
+                m,
+                cap,
+                _next_size(probe, n0, stride, cap)[0],
+                lambda k: _output_len(provider, output_name, base, axis, k),
+                lambda k, ends: (
+                    _probe(provider, output_name, base, base_out, axis, k, 0, 0, ends).supports
+                ),
+            )
+            if jump is not None and jump.is_global:
+                return AxisGeometry(None, None, None, True, jump.n)  # attention and the like
+            if jump is None:
+                if _output_len(provider, output_name, base, axis, n + max(_FAR, 4 * cap)) == m:
+                    return AxisGeometry(None, None, None, True, n)  # global pooling and the like
+                if n >= cap and m > 1:
+                    return AxisGeometry(None, None, None, True, n)  # squeeze-excite, attention
         else:
             stride = _stride(probe) or stride
             if stride is not None and (n - n0) % stride.value == 0:
@@ -474,9 +489,10 @@ def _probe(
     n: int,
     m: int,
     centre: int,
+    units_along: Sequence[int] = (),
 ) -> _Probe:
     spatial = _with(base, axis, n)
-    units_along = _probe_units(m, centre)
+    units_along = tuple(units_along) or _probe_units(m, centre)
     middle = tuple(size // 2 for size in base_out)
     units = [_with(middle, axis, i) for i in units_along]
     supports = _gradient_supports(provider, output_name, spatial, units, axis)
