@@ -149,7 +149,7 @@ def _torch_cases() -> list[Case]:
             "torch: output of the wrong type",
             lambda: rfest.compute(net, (3, 96, 96), output=3),
             rfest.OutputNotFoundError,
-            ("expected None, a module name",),
+            ("expected None, a layer name",),
         ),
         Case(
             "torch: model output is a tuple",
@@ -423,3 +423,75 @@ if __name__ == "__main__":  # pragma: no cover - prints the table for the notes
             case.call()
         except rfest.RFEstError as exc:
             print(f"- {case.name}: {type(exc).__name__}: {exc}")
+
+
+# -- the front door: one check per option, the same error everywhere ------------------------
+# Options are checked before the backend is chosen, so an object() stands in for a model.
+
+ENTRY_POINTS: dict[str, Callable[..., Any]] = {
+    "compute": lambda **kw: rfest.compute(object(), (1, 8, 8), **kw),
+    "report": lambda **kw: rfest.report(object(), (1, 8, 8), **kw),
+    "effective": lambda **kw: rfest.effective(object(), (1, 8, 8), **kw),
+    "gradient_map": lambda **kw: rfest.gradient_map(object(), (1, 8, 8), **kw),
+}
+BAD_OPTIONS: list[tuple[str, Any, tuple[str, ...]]] = [
+    ("dtype", "float16", ("compute", "report", "effective", "gradient_map")),
+    ("dtype", None, ("compute", "report", "effective", "gradient_map")),
+    ("linearize", "yes", ("compute", "report", "gradient_map")),
+    ("linearize", 1, ("compute", "report", "gradient_map")),
+    ("max_input_size", 0, ("compute", "report", "effective")),
+    ("max_input_size", True, ("compute", "report", "effective")),
+    ("max_input_size", 64.0, ("compute", "report", "effective")),
+    ("contribution", "sum", ("effective",)),
+    ("batch_size", 0, ("effective",)),
+    ("num_images", -1, ("effective",)),
+    ("seed", -1, ("effective",)),
+    ("theoretical", "no", ("effective",)),
+]
+FRONT_DOOR = [(entry, option, value) for option, value, entries in BAD_OPTIONS for entry in entries]
+
+
+@pytest.mark.parametrize(
+    ("entry", "option", "value"), FRONT_DOOR, ids=[f"{e}-{o}={v!r}" for e, o, v in FRONT_DOOR]
+)
+def test_a_bad_option_is_an_option_error_at_every_entry_point(
+    entry: str, option: str, value: Any
+) -> None:
+    with pytest.raises(rfest.OptionError) as info:
+        ENTRY_POINTS[entry](**{option: value})
+    assert f"{option}={value!r}" in str(info.value)
+
+
+@pytest.mark.parametrize("option", ["dtype", "linearize", "max_input_size"])
+def test_the_same_mistake_reads_the_same_everywhere(option: str) -> None:
+    value = {"dtype": "float16", "linearize": "yes", "max_input_size": 0}[option]
+    messages = set()
+    for entry, call in ENTRY_POINTS.items():
+        if (entry, option, value) not in FRONT_DOOR:
+            continue
+        with pytest.raises(rfest.OptionError) as info:
+            call(**{option: value})
+        messages.add(str(info.value))
+    assert len(messages) == 1, messages
+
+
+@pytest.mark.parametrize("entry", ["effective", "gradient_map"])
+def test_entry_points_of_one_output_refuse_a_list(entry: str) -> None:
+    with pytest.raises(rfest.OutputNotFoundError, match="one output"):
+        ENTRY_POINTS[entry](output=["a", "b"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "phrase"),
+    [
+        (["--max-input-size", "0"], "max_input_size=0"),
+        (["--max-input-size", "-4"], "max_input_size=-4"),
+    ],
+)
+def test_the_command_exits_2_on_a_bad_option_before_loading_the_model(
+    argv: list[str], phrase: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rfest._cli import main
+
+    assert main(["no_such_package.nets:model", *argv]) == 2
+    assert phrase in capsys.readouterr().err

@@ -18,9 +18,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import rfest  # noqa: E402
 from rfest._cli import EXIT_CODES, main  # noqa: E402
-from rfest._registry import load_backend  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
@@ -158,10 +156,6 @@ def test_python_dash_m_end_to_end(models: Path, tmp_path: Path) -> None:
 @pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
 def test_saved_keras_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     keras = pytest.importorskip("keras")
-    try:
-        load_backend("keras")
-    except rfest.RFEstError:
-        pytest.skip("the rfest keras backend does not load yet")
     # conv k5 then conv k3 stride 2: r 5 + 2 = 7, j2; 'valid': padding 0.
     inputs = keras.Input((32, 32, 1))
     x = keras.layers.Conv2D(2, 5, name="c1")(inputs)

@@ -20,7 +20,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 import rfest  # noqa: E402
-from rfest._registry import load_backend  # noqa: E402
 from rfest.compat.image import get_default_image, get_default_images  # noqa: E402
 from rfest.compat.pytorch import PytorchReceptiveField  # noqa: E402
 from rfest.compat.types import (  # noqa: E402
@@ -203,18 +202,8 @@ def test_default_image_shapes() -> None:
         get_default_image((8, 8), name="mandrill")
 
 
-def _keras_backend_loads() -> bool:
-    try:
-        load_backend("keras")
-    except rfest.RFEstError:
-        return False
-    return True
-
-
 def test_keras_readme_example() -> None:
     keras = pytest.importorskip("keras")
-    if not _keras_backend_loads():
-        pytest.skip("the rfest keras backend does not load yet")
     from rfest.compat.keras import KerasReceptiveField
 
     def model_build_func(input_shape: tuple[int, ...]) -> object:

@@ -11,7 +11,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from rfest._erf_stats import heatmap_statistics
+from rfest import heatmap_statistics
 from rfest._errors import NoDependenceError, NonFiniteGradientError
 
 

@@ -22,7 +22,8 @@ torch = pytest.importorskip("torch")
 
 from torch import nn  # noqa: E402
 
-from rfest._effective import DEFAULT_RANDOM_IMAGES, effective  # noqa: E402
+from rfest import effective  # noqa: E402
+from rfest._effective import DEFAULT_RANDOM_IMAGES  # noqa: E402
 from rfest._errors import InputShapeError, NoDependenceError  # noqa: E402
 from test_effective_stats import fewest_holding, trinomial  # noqa: E402
 

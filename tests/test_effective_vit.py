@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 
 from torch import Tensor, nn  # noqa: E402
 
-from rfest._effective import TheoreticalFieldWarning, effective  # noqa: E402
+from rfest import TheoreticalFieldWarning, effective  # noqa: E402
 from rfest._errors import InputShapeError, OutputNotFoundError  # noqa: E402
 
 pytestmark = pytest.mark.torch

@@ -167,11 +167,15 @@ def test_provider_returning_wrong_shape_is_caught() -> None:
 def test_probes_are_batched_and_thin() -> None:
     provider = FakeProvider([Axis(427, 32, symmetric(213))] * 2, (224, 224))
     measure(provider)
-    # Per axis: two batched calls on an input thin in the other axis (224, then 224 + 7 *
-    # 32 = 448 to hold a whole field); then one confirmation grown along both axes.
-    assert len(provider.calls) == 5
-    batched = [shape for shape, count in provider.calls if count > 1]
-    assert len(batched) == 4 and all(min(shape) == 16 for shape in batched)
+    # Per axis, on an input thin in the other axis: two batched probes (224, then 224 +
+    # 7 * 32 = 448 to hold a whole field) and a check of the middle and end units at a
+    # second size, twice as large with a whole field clear on each side (>= 448 + 2 *
+    # 427, in whole strides: 1312); then one confirmation grown along both axes.
+    assert len(provider.calls) == 7
+    batched = [(shape, count) for shape, count in provider.calls if count > 1]
+    assert [max(shape) for shape, _ in batched] == [224, 448, 1312] * 2
+    assert all(min(shape) == 16 for shape, _ in batched)
+    assert [count for _, count in batched] == [7, 9, 3] * 2
     confirmations = [shape for shape, count in provider.calls if count == 1]
     assert confirmations == [(448, 448)]
 
@@ -205,9 +209,10 @@ def test_a_scout_that_hides_gradient_is_overruled(value: float) -> None:
     rf = estimate(precise, "out", scout=scout)
     assert (rf.size, rf.stride, rf.padding) == ((9, 5), (2, 1), (4, 2))
     if value == 1.0:  # a consistent but wrong scout answer is caught by the confirmation:
-        # the joint probe, then one probe per axis, then both axes measured in full
+        # the joint probe, then one probe per axis, then both axes measured in full (a
+        # probe and a check at twice the size each)
         assert [count for _, count in precise.calls[:3]] == [1, 1, 1]
-        assert sum(count > 1 for _, count in precise.calls) == 2
+        assert [count for _, count in precise.calls[3:]] == [9, 3, 9, 3]
 
 
 def test_a_scout_wrong_along_one_axis_costs_a_full_measurement_of_that_axis_only() -> None:
@@ -220,7 +225,7 @@ def test_a_scout_wrong_along_one_axis_costs_a_full_measurement_of_that_axis_only
     assert (rf.size, rf.stride, rf.padding) == ((9, 5), (2, 1), (4, 2))
     # joint probe (axis 0 fails), one probe per axis (axis 1 holds), axis 0 in full
     assert [count for _, count in precise.calls[:3]] == [1, 1, 1]
-    assert sum(count > 1 for _, count in precise.calls) == 1
+    assert [(shape, count) for shape, count in precise.calls[3:]] == [((40, 40), 9), ((80, 40), 3)]
 
 
 def test_a_right_scout_is_confirmed_with_one_full_probe() -> None:
@@ -266,19 +271,22 @@ def test_thin_probes_are_as_thin_as_the_model_takes() -> None:
     rf = measure(provider)
     assert (rf.size, rf.stride, rf.padding) == ((45, 45), (8, 8), (0, 0))
     batched = [shape for shape, count in provider.calls if count > 1]
-    # 16, 32 and 64 are rejected; 128 is the thinnest under half of 299 that runs
-    assert sorted(min(shape) for shape in batched) == [128, 128]
+    # 16, 32 and 64 are rejected; 128 is the thinnest under half of 299 that runs (a
+    # probe and a check at a second size per axis)
+    assert sorted(min(shape) for shape in batched) == [128] * 4
 
 
 def test_a_field_larger_than_the_input_skips_a_probe_size() -> None:
     # 1311 / 32 / 618 at 299, InceptionV3 mixed10: every support at 299 runs border to
-    # border, so the next probe is 4 x 299 = 1196, not 598; there stride 32 shows, and
-    # 299 + 33 * 32 = 1355 holds a whole unit.
+    # border, so the next probe is near 4 x 299 = 1196, not 598, in steps that keep 299
+    # modulo a large stride (the stride is still unknown): 299 + 5 * 192 = 1259. There
+    # stride 32 shows, and 299 + 33 * 32 = 1355 holds a whole unit; the check at a second
+    # size, >= 1355 + 2 * 1311 in whole strides, is 3979.
     provider = FakeProvider([Axis(1311, 32, symmetric(618)), Axis(3, 1)], (299, 40))
     rf = measure(provider)
     assert (rf.size, rf.stride, rf.padding) == ((1311, 3), (32, 1), (618, 0))
     sizes = [shape[0] for shape, count in provider.calls if count > 1 and shape[1] == 16]
-    assert sizes == [299, 1196, 1355]
+    assert sizes == [299, 1259, 1355, 3979]
 
 
 def test_a_small_input_is_still_probed_thin() -> None:

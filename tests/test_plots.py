@@ -20,10 +20,10 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 import rfest  # noqa: E402
+from rfest._gradient import gradient_map  # noqa: E402
 from rfest._image import sample_image, tile_image  # noqa: E402
 from rfest._plots import (  # noqa: E402
     GRID_COLORS,
-    gradient_map,
     plot_gradient_map,
     plot_rf_grid,
     plot_rf_grids,

@@ -14,9 +14,9 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 import rfest
+from rfest._gradient import gradient_map
 from rfest._image import sample_image
 from rfest._plots import (
-    gradient_map,
     plot_gradient_map,
     plot_rf_grid,
     plot_rf_grids,

@@ -1,9 +1,13 @@
 """rfest: exact receptive fields of convolutional networks, from gradients, in any framework."""
 
 from rfest._api import compute
-from rfest._effective import TheoreticalFieldWarning, effective
-from rfest._erf_result import EffectiveField
-from rfest._erf_stats import HeatmapStatistics, heatmap_statistics
+from rfest._effective import (
+    EffectiveField,
+    HeatmapStatistics,
+    TheoreticalFieldWarning,
+    effective,
+    heatmap_statistics,
+)
 from rfest._errors import (
     BackendError,
     BackendLoadError,
@@ -16,21 +20,27 @@ from rfest._errors import (
     NonUniformWarning,
     OptionError,
     OutputNotFoundError,
+    OutputShapeError,
     ProbeSizeError,
     RFEstError,
     SizeDependentGeometryError,
     UnknownBackendError,
     UnrecognizedModelError,
 )
+from rfest._gradient import gradient_map
 from rfest._image import sample_image
 from rfest._plots import (
-    gradient_map,
     plot_gradient_map,
     plot_rf_grid,
     plot_rf_grids,
     plot_rf_growth,
 )
-from rfest._protocol import GradientProvider, InputGradientProvider, LayerListingProvider
+from rfest._protocol import (
+    GradientProvider,
+    InputGradientProvider,
+    LayerListingProvider,
+    TokenGridProvider,
+)
 from rfest._registry import available_backends, register_backend
 from rfest._report import LayerRecord, LayerReport, report
 from rfest._result import ReceptiveField
@@ -56,11 +66,13 @@ __all__ = [
     "NonUniformWarning",
     "OptionError",
     "OutputNotFoundError",
+    "OutputShapeError",
     "ProbeSizeError",
     "RFEstError",
     "ReceptiveField",
     "SizeDependentGeometryError",
     "TheoreticalFieldWarning",
+    "TokenGridProvider",
     "UnknownBackendError",
     "UnrecognizedModelError",
     "available_backends",

@@ -6,14 +6,12 @@ import warnings
 from collections.abc import Sequence
 from typing import Any, overload
 
-from rfest._errors import NonUniformWarning, OptionError
-from rfest._estimate import DEFAULT_MAX_INPUT_SIZE, estimate
-from rfest._registry import detect_backend, make_provider
+from rfest._errors import NonUniformWarning
+from rfest._options import DEFAULT_MAX_INPUT_SIZE, Dtype, ProbeOptions, check_outputs
 from rfest._result import ReceptiveField
+from rfest._session import Session
 
-__all__ = ["compute"]
-
-_DTYPES = ("float32", "float64")
+__all__ = ["compute", "fields_of"]
 
 
 @overload
@@ -23,7 +21,7 @@ def compute(
     *,
     backend: str | None = None,
     output: str | None = None,
-    dtype: str = "float64",
+    dtype: Dtype = "float64",
     linearize: bool = True,
     max_input_size: int = DEFAULT_MAX_INPUT_SIZE,
     **backend_options: Any,
@@ -37,7 +35,7 @@ def compute(
     *,
     backend: str | None = None,
     output: Sequence[str],
-    dtype: str = "float64",
+    dtype: Dtype = "float64",
     linearize: bool = True,
     max_input_size: int = DEFAULT_MAX_INPUT_SIZE,
     **backend_options: Any,
@@ -50,7 +48,7 @@ def compute(
     *,
     backend: str | None = None,
     output: str | Sequence[str] | None = None,
-    dtype: str = "float64",
+    dtype: Dtype = "float64",
     linearize: bool = True,
     max_input_size: int = DEFAULT_MAX_INPUT_SIZE,
     **backend_options: Any,
@@ -92,31 +90,27 @@ def compute(
         >>> rf.size, rf.stride, rf.padding
         ((4, 4), (2, 2), (0, 0))
     """
-    if dtype not in _DTYPES:
-        raise OptionError(f"dtype={dtype!r} is not supported; use one of {_DTYPES}")
-    if not isinstance(linearize, bool):
-        raise OptionError(f"linearize={linearize!r} must be True or False")
-    if (
-        isinstance(max_input_size, bool)
-        or not isinstance(max_input_size, int)
-        or max_input_size < 1
-    ):
-        raise OptionError(
-            f"max_input_size={max_input_size!r} must be a positive int (the largest probe "
-            f"size along one axis)"
-        )
-    name = backend if backend is not None else detect_backend(model)
-    options = dict(input_shape=input_shape, output=output, linearize=linearize, **backend_options)
-    provider = make_provider(name, model, dtype=dtype, **options)
-    scout = (
-        make_provider(name, model, dtype="float32", **options)
-        if dtype != "float32" and getattr(provider, "float32_scout", True)
-        else None
+    options = ProbeOptions.check(dtype=dtype, linearize=linearize, max_input_size=max_input_size)
+    outputs = check_outputs(output, "a layer name")
+    session = Session(
+        model, input_shape, backend=backend, options=options, backend_options=backend_options
     )
-    results = {
-        output_name: estimate(provider, output_name, max_input_size=max_input_size, scout=scout)
-        for output_name in provider.output_names
-    }
+    return fields_of(session, outputs)
+
+
+@overload
+def fields_of(session: Session, outputs: str | None) -> ReceptiveField: ...
+
+
+@overload
+def fields_of(session: Session, outputs: tuple[str, ...]) -> dict[str, ReceptiveField]: ...
+
+
+def fields_of(
+    session: Session, outputs: str | tuple[str, ...] | None
+) -> ReceptiveField | dict[str, ReceptiveField]:
+    """`rfest.compute`'s answer for checked ``outputs``, measured in ``session``."""
+    results = session.measure(outputs)
     for result in results.values():
         if not result.uniform:
             warnings.warn(
@@ -124,8 +118,8 @@ def compute(
                 f"transposed convolution or mixed-stride branches); size {result.size} is "
                 f"the largest seen and stride {result.stride} an average",
                 NonUniformWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
-    if output is None or isinstance(output, str):
+    if outputs is None or isinstance(outputs, str):
         return next(iter(results.values()))
     return results

@@ -31,9 +31,11 @@ from rfest._errors import (
     BackendError,
     InputShapeError,
     ModelCallError,
+    OptionError,
     OutputNotFoundError,
     RFEstError,
 )
+from rfest._options import ProbeOptions
 from rfest._report import LayerReport, report
 from rfest._result import ReceptiveField
 
@@ -108,10 +110,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, progress: _Progress) -> int:
     input_shape = _parse_shape(args.input_shape)
+    checked = ProbeOptions.check(
+        dtype=args.dtype, linearize=not args.no_linearize, max_input_size=args.max_input_size
+    )
     options: dict[str, Any] = {
-        "dtype": args.dtype,
-        "linearize": not args.no_linearize,
-        "max_input_size": args.max_input_size,
+        "dtype": checked.dtype,
+        "linearize": checked.linearize,
+        "max_input_size": checked.max_input_size,
     }
     progress.say(f"loading {args.model}")
     model, backend = _load_model(args.model, args.backend, call=not args.as_is)
@@ -371,7 +376,7 @@ def _save(fig: Any, path: str) -> None:
 
 
 def _code_of(exc: RFEstError) -> int:
-    if isinstance(exc, (InputShapeError, OutputNotFoundError)):
+    if isinstance(exc, (InputShapeError, OptionError, OutputNotFoundError)):
         return EXIT_USAGE
     if isinstance(exc, BackendError):
         return EXIT_MISSING

@@ -17,6 +17,7 @@ __all__ = [
     "NonUniformWarning",
     "OptionError",
     "OutputNotFoundError",
+    "OutputShapeError",
     "ProbeSizeError",
     "RFEstError",
     "SizeDependentGeometryError",
@@ -59,6 +60,12 @@ class OptionError(RFEstError, ValueError):
 
 class OutputNotFoundError(RFEstError, LookupError):
     """``output=`` names no layer or intermediate of the model."""
+
+
+class OutputShapeError(InputShapeError):
+    """An output is not ``(batch, channels, *spatial)`` nor ``(batch, features)``: e.g. a
+    token sequence (pass ``token_grid=`` to `rfest.effective`) or an output whose spatial
+    axes differ in number from the input's."""
 
 
 class ModelCallError(RFEstError):

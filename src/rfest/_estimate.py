@@ -71,6 +71,7 @@ class _Probe:
     m: int
     units: tuple[int, ...]
     supports: tuple[Interval, ...]
+    run: tuple[int, ...] = ()
 
     @property
     def near(self) -> int:
@@ -89,13 +90,20 @@ class _Probe:
 
     @property
     def gap(self) -> int:
-        """Widest hole inside the supports that touch neither border.
+        """Widest hole inside the supports of the run's units that touch neither border.
 
-        Border units are left out: reflect and circular padding fold or wrap their
-        supports, which opens holes the field itself does not have.
+        The end units are left out: reflect and circular padding fold or wrap their
+        supports (even ones that touch no border), which opens holes the field itself
+        does not have.
         """
+        run = set(self.run) or set(self.units)
         return max(
-            (s.gap for s in self.supports if self.near < s.lo and s.hi < self.far), default=0
+            (
+                s.gap
+                for i, s in zip(self.units, self.supports, strict=True)
+                if i in run and self.near < s.lo and s.hi < self.far
+            ),
+            default=0,
         )
 
     @property
@@ -279,10 +287,9 @@ def _confirmed(
         return False
     middle = tuple(m // 2 for m in base_out)
     spatial = _with(base, axis, check.n)
-    (support,) = _gradient_supports(
-        provider, output_name, spatial, [_with(middle, axis, check.unit)], axis
-    )
-    return (support.lo, support.hi) == (check.start, check.end)
+    maps = _gradient_maps(provider, output_name, spatial, [_with(middle, axis, check.unit)])
+    (support,) = axis_supports(maps, axis)
+    return support is not None and (support.lo, support.hi) == (check.start, check.end)
 
 
 def _confirmed_jointly(
@@ -302,8 +309,12 @@ def _confirmed_jointly(
     maps = _gradient_maps(provider, output_name, tuple(spatial), [tuple(unit)])
     confirmed = set()
     for axis, check in checks.items():
-        (support,) = _axis_supports(maps, output_name, tuple(spatial), [tuple(unit)], axis)
-        if check is not None and (support.lo, support.hi) == (check.start, check.end):
+        (support,) = axis_supports(maps, axis)
+        if (
+            check is not None
+            and support is not None
+            and (support.lo, support.hi) == (check.start, check.end)
+        ):
             confirmed.add(axis)
     return confirmed
 
@@ -438,6 +449,8 @@ def _measure_axis(
     cap = max(max_input_size, n0)
     while True:
         probe = _probe(provider, output_name, base, base_out, axis, n, m, centre)
+        grow_to: int | None = None
+        fit: AxisGeometry | None = None
         if probe.whole:
             jump = jump_for_global(
                 n0,
@@ -459,12 +472,16 @@ def _measure_axis(
                     return AxisGeometry(None, None, None, True, n)  # squeeze-excite, attention
         else:
             stride = _stride(probe) or stride
-            if stride is not None and (n - n0) % stride.value == 0:
-                fit = _fit(probe, stride)
-                if fit is not None:
+            fit = _fit(probe, stride)
+            if fit is not None and fit.stride is not None:
+                stride = _Stride(fit.stride, fit.uniform)
+                if (n - n0) % fit.stride == 0:
                     _check_growth(provider, output_name, base, axis, base_out[axis], fit)
-                    return fit
-        if n >= cap:
+                    verdict = _second_size(provider, output_name, base, axis, n0, fit, cap)
+                    if isinstance(verdict, AxisGeometry):
+                        return verdict
+                    grow_to = verdict
+        if n >= cap and grow_to is None:
             seen = (
                 "its single unit sees the whole input at every size up to"
                 if probe.whole
@@ -475,9 +492,67 @@ def _measure_axis(
                 f"fit: {seen} {n} (the cap). Raise the cap with max_input_size=..., or "
                 f"choose an earlier output"
             )
-        n, inside = _next_size(probe, n0, stride, cap)
-        m = _output_len(provider, output_name, base, axis, n)
-        centre = m // 2 if inside is None else inside
+        if grow_to is not None:
+            n, inside = grow_to, None
+        else:
+            n, inside = _next_size(probe, n0, stride, cap, fit)
+        n, m = _runnable(provider, output_name, base, axis, n0, n, stride, cap)
+        centre = m // 2 if inside is None else min(inside, m - 1)
+
+
+def _second_size(
+    provider: GradientProvider,
+    output_name: str,
+    base: tuple[int, ...],
+    axis: int,
+    n0: int,
+    fit: AxisGeometry,
+    cap: int,
+) -> AxisGeometry | int:
+    """The fit, once a larger probe (same residue) agrees with it; else the size to probe.
+
+    Padding inside the network can cut a field at a point inside the input (a dilated
+    layer whose outer taps land in an intermediate map's padding); every unit of the
+    probe may be cut alike, so nothing in that probe shows it. At a size at least twice
+    as large, with the middle unit clear of the borders by a whole field on each side,
+    such a cut field shows: the middle and end units must see what the fit predicts.
+    A non-uniform fit is measured again there in full: cut and folded fields look
+    non-uniform at one size and not at a larger one.
+    """
+    if fit.stride is None or fit.size is None or fit.padding is None:
+        return fit
+    s, n = fit.stride, fit.probe_size
+    target = max(2 * n, n + 2 * fit.size)
+    n2 = n0 + math.ceil((target - n0) / s) * s
+    if n2 > cap:
+        n2 = n0 + ((cap - n0) // s) * s
+    if n2 <= n:
+        return fit
+    if not fit.uniform:
+        return n2
+    try:
+        n2, m2 = _runnable(provider, output_name, base, axis, n0, n2, _Stride(s, True), cap)
+    except RFEstError:
+        return fit
+    if n2 <= n:
+        return fit
+    middle = round(((n2 - 1) / 2 - ((fit.size - 1) / 2 - fit.padding)) / s)
+    middle = min(max(middle, 0), m2 - 1)
+    spatial = _with(base, axis, n2)
+    others = tuple(size // 2 for size in _output_shape(provider, spatial, output_name))
+    units_along = tuple(sorted({0, middle, m2 - 1}))
+    units = [_with(others, axis, i) for i in units_along]
+    maps = _gradient_maps(provider, output_name, spatial, units)
+    supports = axis_supports(maps, axis)
+    live = [(i, sup) for i, sup in zip(units_along, supports, strict=True) if sup is not None]
+    if not live:
+        return n2
+    probe = _Probe(n2, m2, tuple(i for i, _ in live), tuple(sup for _, sup in live), (middle,))
+    start = middle * s - fit.padding
+    inside = probe.near <= start and start + fit.size - 1 <= probe.far
+    if inside and _consistent(probe, s, fit.padding, fit.size):
+        return fit
+    return n2
 
 
 def _probe(
@@ -495,8 +570,15 @@ def _probe(
     units_along = tuple(units_along) or _probe_units(m, centre)
     middle = tuple(size // 2 for size in base_out)
     units = [_with(middle, axis, i) for i in units_along]
-    supports = _gradient_supports(provider, output_name, spatial, units, axis)
-    return _Probe(n, m, units_along, tuple(supports))
+    maps = _gradient_maps(provider, output_name, spatial, units)
+    supports = axis_supports(maps, axis)
+    live = [(i, sup) for i, sup in zip(units_along, supports, strict=True) if sup is not None]
+    if not live:
+        _axis_supports(maps, output_name, spatial, units, axis)  # raises NoDependenceError
+    width = 2 * _RUN_HALF_WIDTH + 1
+    start = min(max(0, centre - _RUN_HALF_WIDTH), max(0, m - width))
+    run = tuple(i for i, _ in live if start <= i < start + width)
+    return _Probe(n, m, tuple(i for i, _ in live), tuple(sup for _, sup in live), run)
 
 
 def _probe_units(m: int, centre: int) -> tuple[int, ...]:
@@ -533,39 +615,118 @@ def _stride(probe: _Probe) -> _Stride | None:
     return _Stride(max(1, round(slope)), uniform=False)
 
 
-def _fit(probe: _Probe, stride: _Stride) -> AxisGeometry | None:
-    """Size and padding from a probe holding at least one unclipped unit, else None."""
+def _candidate_strides(probe: _Probe, hint: _Stride | None) -> list[int]:
+    """Integer slopes between exactly known starts (or ends), the most frequent first."""
+    votes: dict[int, int] = {}
+    for positions in (probe.exact_starts(), probe.exact_ends()):
+        for a, b in itertools.combinations(sorted(positions), 2):
+            slope = Fraction(positions[b] - positions[a], b - a)
+            if slope.denominator == 1 and slope >= 1:
+                votes[int(slope)] = votes.get(int(slope), 0) + 1
+    if hint is not None:
+        votes[hint.value] = votes.get(hint.value, 0) + (1 if hint.uniform else 0)
+    return sorted(votes, key=lambda s: (-votes[s], s))
+
+
+def _consistent(probe: _Probe, stride: int, padding: int, size: int) -> bool:
+    """Every probed unit whose predicted field lies inside the reach shows exactly that.
+
+    Units whose predicted field crosses a border are not read: zero padding clips
+    their supports, reflect and replicate padding fold them, circular padding wraps
+    them, and a unit that sees only padding may show pixels far from its field.
+    """
+    for i, support in zip(probe.units, probe.supports, strict=True):
+        start = i * stride - padding
+        end = start + size - 1
+        if probe.near <= start and end <= probe.far and (support.lo, support.hi) != (start, end):
+            return False
+    return True
+
+
+def _fit(probe: _Probe, stride: _Stride | None) -> AxisGeometry | None:
+    """Size and padding from a probe holding at least one unclipped unit, else None.
+
+    A uniform geometry is anchored on an unclipped unit (nearest the run first) and kept
+    only if every unit it places wholly inside the input shows exactly its field: a
+    folded or wrapped border support never decides the geometry.
+    """
     starts, ends = probe.exact_starts(), probe.exact_ends()
     interior = [i for i in starts if i in ends]
     if not interior:
         return None
-    s = stride.value
-    paddings = {i * s - lo for i, lo in starts.items()}
-    reaches = {hi - i * s for i, hi in ends.items()}
-    if stride.uniform and len(paddings) == 1 and len(reaches) == 1:
-        (padding,), (reach,) = paddings, reaches
-        return AxisGeometry(reach + padding + 1, s, padding, True, probe.n)
+    run = probe.run or probe.units
+    centre = run[len(run) // 2]
+    anchors = sorted(interior, key=lambda i: (i not in run, abs(i - centre), i))
+    for s in _candidate_strides(probe, stride):
+        for anchor in anchors:
+            padding = anchor * s - starts[anchor]
+            size = ends[anchor] - starts[anchor] + 1
+            if _consistent(probe, s, padding, size):
+                return AxisGeometry(size, s, padding, True, probe.n)
+    s = stride.value if stride is not None else 1
     widest = max(interior, key=lambda i: ends[i] - starts[i])
     return AxisGeometry(
         ends[widest] - starts[widest] + 1, s, widest * s - starts[widest], False, probe.n
     )
 
 
-def _next_size(probe: _Probe, n0: int, stride: _Stride | None, cap: int) -> tuple[int, int | None]:
-    """Next probe size along the axis, and the first unit expected to lie wholly inside."""
+def _growth_steps(n0: int, growth: int) -> list[int]:
+    """Steps that keep the user's size modulo a large stride: 2^a and 3 * 2^a, largest first.
+
+    Used while the total stride is unknown: a step that is a multiple of it keeps the
+    geometry ('same' padding) and the alignment of branches of the size the user gave.
+    """
+    steps = set()
+    power = 1
+    while power <= max(growth, 1):
+        steps.add(power)
+        if 3 * power <= growth:
+            steps.add(3 * power)
+        power *= 2
+    return sorted(steps, reverse=True)
+
+
+def _next_size(
+    probe: _Probe,
+    n0: int,
+    stride: _Stride | None,
+    cap: int,
+    fit: AxisGeometry | None = None,
+) -> tuple[int, int | None]:
+    """Next probe size along the axis, and the first unit expected to lie wholly inside.
+
+    A uniform ``fit`` (found at a size of the wrong residue) places the field; otherwise
+    the exactly known start and end nearest the run's middle do (not the end units',
+    which padding may fold or wrap).
+    """
     if stride is None:
         # Every support running from border to border: the field is larger than the
         # input, so skip a size (deep networks probed at their small nominal size).
         clipped = not probe.exact_starts() and not probe.exact_ends()
-        return min((4 if clipped else 2) * probe.n, cap), None
+        target = min((4 if clipped else 2) * probe.n, cap)
+        n, step = min(
+            (n0 + math.ceil((target - n0) / step) * step, -step)
+            for step in _growth_steps(n0, max((target - n0) // 4, 1))[:2]
+        )
+        step = -step
+        while n <= probe.n:
+            n += step
+        return min(n, max(cap, probe.n + 1)), None
     s = stride.value
     target = 2 * probe.n
     centre = None
     starts, ends = probe.exact_starts(), probe.exact_ends()
-    if starts and ends and stride.uniform:
-        i, lo = next(iter(starts.items()))
-        j, hi = next(iter(ends.items()))
-        padding, size = i * s - lo, hi - j * s + i * s - lo + 1
+    run = probe.run or probe.units
+    middle = run[len(run) // 2]
+    known: tuple[int, int] | None = None
+    if fit is not None and fit.uniform and fit.size is not None and fit.padding is not None:
+        known = fit.padding, fit.size
+    elif starts and ends and stride.uniform:
+        i = min(starts, key=lambda u: abs(u - middle))
+        j = min(ends, key=lambda u: abs(u - middle))
+        known = i * s - starts[i], ends[j] - j * s + i * s - starts[i] + 1
+    if known is not None:
+        padding, size = known
         first_inside = (padding + probe.gap) // s + 1
         target = first_inside * s - padding + size + probe.gap + 1
         centre = first_inside
@@ -578,6 +739,46 @@ def _next_size(probe: _Probe, n0: int, stride: _Stride | None, cap: int) -> tupl
         if n <= probe.n:
             n = cap
     return n, centre
+
+
+def _runnable(
+    provider: GradientProvider,
+    output_name: str,
+    base: tuple[int, ...],
+    axis: int,
+    n0: int,
+    n: int,
+    stride: _Stride | None,
+    cap: int,
+) -> tuple[int, int]:
+    """``n``, or the next candidate size after it that the model runs at, and its length.
+
+    Candidates keep the user's size modulo the stride (when known and uniform) or
+    modulo smaller and smaller steps: branches that line up only at some sizes (odd
+    ones, say) reject the others.
+    """
+    if stride is not None and stride.uniform and (n - n0) % stride.value == 0:
+        steps = [stride.value]
+    else:
+        steps = _growth_steps(n0, max(n - n0, 1))
+    candidates = [n]
+    for step in steps:
+        candidates += [n + k * step for k in range(1, 4)]
+    error: RFEstError | None = None
+    for size in dict.fromkeys(c for c in candidates if c <= max(cap, n)):
+        try:
+            m = _output_len(provider, output_name, base, axis, size)
+        except RFEstError as caught:
+            error = caught
+            continue
+        if m >= 1:
+            return size, m
+    if error is not None:
+        raise error
+    raise EstimationError(
+        f"output {output_name!r} is empty along axis {axis} at every probe size tried from "
+        f"{n}; rfest cannot grow the probe input there"
+    )
 
 
 def _check_growth(

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["GradientProvider", "InputGradientProvider", "LayerListingProvider"]
+if TYPE_CHECKING:
+    from rfest.kit._tokens import TokenGrid
+
+__all__ = [
+    "GradientProvider",
+    "InputGradientProvider",
+    "LayerListingProvider",
+    "TokenGridProvider",
+]
 
 
 @runtime_checkable
@@ -99,3 +107,22 @@ class LayerListingProvider(GradientProvider, Protocol):
     """
 
     def layer_names(self) -> tuple[str, ...]: ...
+
+
+@runtime_checkable
+class TokenGridProvider(InputGradientProvider, Protocol):
+    """A provider whose outputs are feature maps only, able to lay token outputs out.
+
+    `rfest.effective` with ``token_grid=`` maps a token output ``(N, tokens, C)`` (vision
+    transformers) onto its patch grid. A provider that reports such an output as
+    ``(tokens,)`` needs nothing more. One that cannot (PyTorch reports only
+    ``(N, C, *spatial)`` and ``(N, features)``) offers:
+
+    ``token_grid_model(layout)``
+        A model of the same framework, built without modifying the user's, whose output
+        is this provider's (single) requested output's patch tokens laid out as
+        ``(N, C, *layout.grid)`` (the ``layout.prefix`` leading tokens dropped). rfest
+        then measures that model like any other.
+    """
+
+    def token_grid_model(self, layout: TokenGrid) -> Any: ...

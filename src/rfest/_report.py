@@ -15,10 +15,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from rfest._errors import BackendError, InputShapeError, ModelCallError, RFEstError
-from rfest._estimate import DEFAULT_FREE_SIZE, DEFAULT_MAX_INPUT_SIZE, estimate
+from rfest._estimate import estimate
+from rfest._options import DEFAULT_MAX_INPUT_SIZE, Dtype, ProbeOptions, check_outputs
 from rfest._protocol import GradientProvider, LayerListingProvider
-from rfest._registry import detect_backend, make_provider
 from rfest._result import ReceptiveField
+from rfest._session import Session
 
 __all__ = ["LayerRecord", "LayerReport", "ProgressCallback", "report"]
 
@@ -165,7 +166,7 @@ def report(
     *,
     backend: str | None = None,
     layers: Sequence[str] | None = None,
-    dtype: str = "float64",
+    dtype: Dtype = "float64",
     linearize: bool = True,
     max_input_size: int = DEFAULT_MAX_INPUT_SIZE,
     progress: ProgressCallback | None = None,
@@ -190,14 +191,22 @@ def report(
         2 (4, 4) (2, 2) ok
         3 None None global
     """
-    name = backend if backend is not None else detect_backend(model)
-    options = dict(dtype=dtype, linearize=linearize, **backend_options)
+    options = ProbeOptions.check(dtype=dtype, linearize=linearize, max_input_size=max_input_size)
+    if layers is not None and layers:
+        layers = check_outputs(layers, "a layer name")
+    session = Session(
+        model, input_shape, backend=backend, options=options, backend_options=backend_options
+    )
+    name = session.backend
 
     def build(output: str | Sequence[str] | None) -> GradientProvider:
-        return make_provider(name, model, input_shape=input_shape, output=output, **options)
+        return session.provider(_key(output))
+
+    def scout(output: str | Sequence[str] | None) -> GradientProvider | None:
+        return session.scout(_key(output))
 
     lister = build(None)
-    base = tuple(DEFAULT_FREE_SIZE if n is None else int(n) for n in lister.spatial_shape)
+    base = session.free_spatial(lister)
     if layers is None:
         if not isinstance(lister, LayerListingProvider):
             raise BackendError(
@@ -205,11 +214,12 @@ def report(
                 f"no layer_names()); pass layers=[...] with the names to report"
             )
         layers = lister.layer_names()
-    names = list(dict.fromkeys(layers))
+    names = list(dict.fromkeys([layers] if isinstance(layers, str) else layers))
     if not names:
         raise InputShapeError("the model has no layers to report; pass layers=[...]")
     types = _layer_types(model)
     shared, failures = _shared_provider(build, names, base)
+    shared_scout = scout(list(shared.output_names)) if shared is not None else None
     records = []
     for done, layer in enumerate(names):
         if progress is not None:
@@ -217,15 +227,23 @@ def report(
         if layer in failures:
             records.append(LayerRecord(layer, type=types.get(layer), error=failures[layer]))
             continue
-        records.append(_measure(build, shared, layer, types.get(layer), max_input_size))
+        records.append(
+            _measure(build, scout, shared, shared_scout, layer, types.get(layer), max_input_size)
+        )
     if progress is not None:
         progress(len(names), len(names), "")
     return LayerReport(tuple(records), input_shape=base, backend=name)
 
 
+def _key(output: str | Sequence[str] | None) -> str | tuple[str, ...] | None:
+    return output if output is None or isinstance(output, str) else tuple(output)
+
+
 def _measure(
     build: Callable[[str | Sequence[str] | None], GradientProvider],
+    scout: Callable[[str | Sequence[str] | None], GradientProvider | None],
     shared: GradientProvider | None,
+    shared_scout: GradientProvider | None,
     layer: str,
     type_name: str | None,
     max_input_size: int,
@@ -235,11 +253,11 @@ def _measure(
     try:
         if shared is not None:
             try:
-                rf = estimate(shared, layer, max_input_size=max_input_size)
+                rf = estimate(shared, layer, max_input_size=max_input_size, scout=shared_scout)
                 return LayerRecord.from_field(layer, rf, type_name)
             except ModelCallError:
                 pass
-        rf = estimate(build(layer), layer, max_input_size=max_input_size)
+        rf = estimate(build(layer), layer, max_input_size=max_input_size, scout=scout(layer))
         return LayerRecord.from_field(layer, rf, type_name)
     except RFEstError as exc:
         return LayerRecord(layer, type=type_name, error=_reason(exc))

@@ -24,7 +24,11 @@ import jax.numpy as jnp
 
 from rfest import UnrecognizedModelError
 
-__all__ = ["MODEL_OUTPUT", "Model", "as_model"]
+__all__ = ["MODEL_KEY", "MODEL_OUTPUT", "Model", "as_model"]
+
+MODEL_KEY = ""
+"""Key of the model's own output among the named values a run returns: no module path or
+pytree path is empty, so a module named ``"output"`` keeps its own entry."""
 
 MODEL_OUTPUT = "output"
 """Name under which the model's own output is reported when ``output=None``."""
@@ -132,7 +136,7 @@ def _captured(tree: Any, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, An
 
 
 def _with_output_leaves(named: dict[str, Any], out: Any) -> dict[str, Any]:
-    result = {MODEL_OUTPUT: out}
+    result = {MODEL_KEY: out}
     if not _is_array(out):
         for path, leaf in jax.tree_util.tree_flatten_with_path(out)[0]:
             result.setdefault("/".join(_key_name(k) for k in path), leaf)

@@ -11,10 +11,9 @@ arrays are never written: params enter as arguments, and linearized params are n
 
 from __future__ import annotations
 
-import difflib
 import threading
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,9 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rfest import InputShapeError, ModelCallError, OutputNotFoundError, RFEstError
+from rfest import InputShapeError, OutputNotFoundError, kit
 from rfest_jax._interpret import Value, evaluate, needed_equations
-from rfest_jax._models import MODEL_OUTPUT, Model, as_model
+from rfest_jax._models import MODEL_KEY, Model, as_model
 
 __all__ = ["JaxGradientProvider", "provider"]
 
@@ -103,14 +102,21 @@ class JaxGradientProvider:
             raise InputShapeError(f"dtype={dtype!r} is not supported; use one of {_DTYPES}")
         self._dtype_name = dtype
         self._linearize = linearize
-        self._spatial, self._channels = _split_input_shape(input_shape)
+        self._channels, self._spatial = kit.split_input_shape(
+            input_shape, "channels_last", framework="JAX function or Flax"
+        )
         self._model: Model = as_model(model, dict(call_kwargs or {}))
-        self._requested = _requested_names(output)
         self._traces: dict[tuple[int, ...], _Trace] = {}
         self._lock = threading.RLock()
         self._params: list[Any] | None = None
-        if self._requested != (MODEL_OUTPUT,):
-            self._check_names(self._requested)
+        self._outputs = kit.resolve_outputs(
+            output,
+            lambda: [n for n in self._listing().names if n != MODEL_KEY],
+            kind="output",
+            naming=" Names are module paths joined with '/' (Flax), sown names, or key/index "
+            "paths of a pytree output",
+        )
+        self._requested = tuple(self._outputs)
 
     @property
     def spatial_shape(self) -> tuple[int | None, ...]:
@@ -124,7 +130,7 @@ class JaxGradientProvider:
         """Every name ``output=`` accepts, modules first in definition or call order."""
         names = self._listing().names
         ordered = [p for p in self._model.module_paths if p in names]
-        rest = [n for n in names if n != MODEL_OUTPUT and n not in ordered]
+        rest = [n for n in names if n != MODEL_KEY and n not in ordered]
         return (*ordered, *rest)
 
     def output_shapes(self, spatial_shape: tuple[int, ...]) -> Mapping[str, tuple[int, ...]]:
@@ -140,7 +146,8 @@ class JaxGradientProvider:
         spatial_shape = tuple(spatial_shape)
         trace = self._trace((1, *spatial_shape))
         n_spatial = len(self._spatial_of(trace, output_name, len(spatial_shape)))
-        cotangents = np.zeros((len(units), *trace.shapes[output_name]), dtype=self._dtype_name)
+        shape = trace.shapes[self._key(output_name)]
+        cotangents = np.zeros((len(units), *shape), dtype=self._dtype_name)
         for k, unit in enumerate(units):
             cotangents[(k, 0, *unit[:n_spatial])] = 1
         with self._precision():
@@ -194,7 +201,7 @@ class JaxGradientProvider:
         return np.moveaxis(grad, -1, 1)
 
     def _forward(self, trace: _Trace, name: str, x: Any, params: list[Any] | None = None) -> Any:
-        leaf = trace.leaves[name]
+        leaf = trace.leaves[self._key(name)]
         assert leaf is not None
         params = self._param_leaves() if params is None else params
         args = [Value(p) for p in params] + [Value(x, live=True)]
@@ -271,22 +278,13 @@ class JaxGradientProvider:
         spatial = tuple(_LISTING_SIZE if s is None else s for s in self._spatial)
         return self._trace((1, *spatial))
 
-    def _check_names(self, requested: Sequence[str]) -> None:
-        names = self._listing().names
-        for name in requested:
-            if name not in names:
-                close = difflib.get_close_matches(name, names, n=3)
-                hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-                examples = ", ".join(repr(n) for n in names[1:5]) or "none"
-                raise OutputNotFoundError(
-                    f"the model has no output named {name!r}.{hint} Names are module paths "
-                    f"joined with '/' (Flax), sown names, or key/index paths of a pytree "
-                    f"output; this model has e.g. {examples}"
-                )
+    def _key(self, name: str) -> str:
+        """The trace's key of reported output ``name``."""
+        return MODEL_KEY if self._outputs.get(name, name) is None else name
 
     def _spatial_of(self, trace: _Trace, name: str, spatial_axes: int) -> tuple[int, ...]:
-        if trace.leaves.get(name) is None:
-            if name == MODEL_OUTPUT:
+        if trace.leaves.get(self._key(name)) is None:
+            if self._key(name) == MODEL_KEY:
                 raise OutputNotFoundError(
                     "the model returns a pytree, not an array; name the value you want "
                     "with output=..., e.g. one of "
@@ -296,14 +294,8 @@ class JaxGradientProvider:
                 f"output {name!r} is not a single array (a module returning a tuple?); "
                 f"choose one of its submodules or leaves"
             )
-        shape = trace.shapes[name]
-        if len(shape) == spatial_axes + 2:
-            return shape[1:-1]
-        if len(shape) == 2:
-            return ()
-        raise RFEstError(
-            f"output {name!r} has shape {shape}; expected (batch, *spatial, channels) with "
-            f"{spatial_axes} spatial axes like the input, or (batch, features)"
+        return kit.output_spatial_shape(
+            name, trace.shapes[self._key(name)], spatial_axes, "channels_last"
         )
 
 
@@ -311,48 +303,9 @@ def _default_float() -> Any:
     return jax.dtypes.canonicalize_dtype(jnp.float64)
 
 
-@contextmanager
-def _model_errors(shape: tuple[int, ...], channels: int) -> Iterator[None]:
-    try:
-        yield
-    except RFEstError:
-        raise
-    except Exception as exc:
-        raise ModelCallError(
-            f"the model raised {type(exc).__name__} on an input of shape "
-            f"{(*shape, channels)} (batch, *spatial, channels): {exc}. Check that "
-            f"input_shape=(*spatial, C) matches what the model takes (channels last)"
-        ) from exc
-
-
-def _requested_names(output: str | Sequence[str] | None) -> tuple[str, ...]:
-    if output is None:
-        return (MODEL_OUTPUT,)
-    names = [output] if isinstance(output, str) else list(output)
-    if not names or not all(isinstance(n, str) for n in names):
-        raise OutputNotFoundError(f"output={output!r}: expected None, a name, or a list of names")
-    return tuple(names)
-
-
-def _split_input_shape(
-    input_shape: Sequence[int | None] | None,
-) -> tuple[tuple[int | None, ...], int]:
-    if input_shape is None:
-        raise InputShapeError(
-            "a JAX function or Flax module does not declare its input size: pass "
-            "input_shape=(*spatial, C), channels last, e.g. (224, 224, 3); spatial sizes "
-            "may be None to let rfest choose"
-        )
-    shape = tuple(input_shape)
-    if not 2 <= len(shape) <= 4:
-        raise InputShapeError(
-            f"input_shape={shape} has {len(shape)} axes; expected (*spatial, C) with 1 to 3 "
-            f"spatial axes, channels last, without the batch axis, e.g. (224, 224, 3)"
-        )
-    channels = shape[-1]
-    if isinstance(channels, bool) or not isinstance(channels, (int, np.integer)) or channels < 1:
-        raise InputShapeError(
-            f"input_shape={shape}: the channel count {channels!r} must be a positive int "
-            f"(JAX/Flax layout is (*spatial, C), channels last)"
-        )
-    return shape[:-1], int(channels)
+def _model_errors(shape: tuple[int, ...], channels: int) -> Any:
+    return kit.model_errors(
+        (*shape, channels),
+        "(batch, *spatial, channels)",
+        " Check that input_shape=(*spatial, C) matches what the model takes (channels last)",
+    )

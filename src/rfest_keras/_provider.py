@@ -7,7 +7,6 @@ user's model is only read; Keras' floatx and dtype policy are restored after eac
 
 from __future__ import annotations
 
-import difflib
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -15,14 +14,20 @@ from typing import Any
 import keras
 import numpy as np
 
-from rfest import BackendError, InputShapeError, ModelCallError, OutputNotFoundError, RFEstError
+from rfest import (
+    BackendError,
+    InputShapeError,
+    ModelCallError,
+    OutputNotFoundError,
+    RFEstError,
+    kit,
+)
+from rfest.kit import MODEL_OUTPUT
 from rfest_keras._autodiff import precision, supported, vjp
 from rfest_keras._rebuild import Built, build_copy, finish, is_graph_model, own
 
 __all__ = ["MODEL_OUTPUT", "KerasGradientProvider", "provider"]
 
-MODEL_OUTPUT = "output"
-"""Name under which the model's own output is reported when ``output=None``."""
 
 _DTYPES = ("float32", "float64")
 _lock = threading.RLock()
@@ -94,7 +99,12 @@ class KerasGradientProvider:
             )
         self._input_index = self._resolve_input(input)
         self._channels, self._spatial = self._resolve_input_shape(input_shape)
-        self._outputs = self._resolve_outputs(output)
+        self._layers_of = kit.resolve_outputs(
+            output,
+            self.layer_names,
+            naming=" Names are Keras layer names",
+        )
+        self._outputs = tuple(self._layers_of)
         self._dynamic: Built | None = None
         self._dynamic_tried = False
         self._copies: dict[tuple[int, ...], Built] = {}
@@ -255,7 +265,7 @@ class KerasGradientProvider:
         heads: dict[str, keras.Model] = built.__dict__.setdefault("heads", {})
         if name not in heads:
             model = built.model
-            if name == MODEL_OUTPUT:
+            if self._layers_of.get(name, name) is None:
                 if len(model.outputs) != 1:
                     raise OutputNotFoundError(
                         f"the model has {len(model.outputs)} outputs; name the layer whose "
@@ -304,7 +314,7 @@ class KerasGradientProvider:
 
     def _captured(self, built: Built, name: str) -> Callable[[Any], Any]:
         model = built.model
-        if name == MODEL_OUTPUT:
+        if self._layers_of.get(name, name) is None:
             return lambda x: model(x, training=False)
         layer = _find_layer(model, name)
         captured: dict[str, Any] = built.__dict__.setdefault("captured", {})
@@ -409,34 +419,8 @@ class KerasGradientProvider:
             )
         return int(channels), shape[:-1]
 
-    def _resolve_outputs(self, output: str | Sequence[str] | None) -> tuple[str, ...]:
-        if output is None:
-            return (MODEL_OUTPUT,)
-        names = [output] if isinstance(output, str) else list(output)
-        if not names or not all(isinstance(n, str) for n in names):
-            raise OutputNotFoundError(
-                f"output={output!r}: expected None, a layer name, or a list of layer names"
-            )
-        known = self.layer_names()
-        for name in names:
-            if name not in known:
-                close = difflib.get_close_matches(name, known, n=3)
-                hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-                raise OutputNotFoundError(
-                    f"the model has no layer named {name!r}.{hint} Names are Keras layer "
-                    f"names, e.g. {', '.join(repr(n) for n in known[:3])}"
-                )
-        return tuple(names)
-
     def _spatial_of(self, name: str, shape: tuple[int, ...], axes: int) -> tuple[int, ...]:
-        if len(shape) == axes + 2:
-            return tuple(int(s) for s in shape[1:-1])
-        if len(shape) == 2:
-            return ()
-        raise RFEstError(
-            f"output {name!r} has shape {shape}; expected (batch, *spatial, channels) with "
-            f"{axes} spatial axes like the input, or (batch, features)"
-        )
+        return kit.output_spatial_shape(name, shape, axes, "channels_last")
 
     def _call_error(self, shape: tuple[Any, ...], exc: Exception) -> RFEstError:
         hint = (

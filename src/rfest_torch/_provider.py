@@ -10,7 +10,6 @@ manager. Linearized passes run channel-collapsed (:mod:`rfest_torch._collapse`).
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import math
 import threading
@@ -27,18 +26,21 @@ from rfest import (
     ModelCallError,
     OptionError,
     OutputNotFoundError,
-    RFEstError,
     UnrecognizedModelError,
+    kit,
 )
+from rfest.kit import MODEL_OUTPUT, TokenGrid
 from rfest_torch._collapse import ChannelCollapseMode
 from rfest_torch._linearize import EvalMode, LinearizedMode
 
 __all__ = ["TorchGradientProvider", "provider"]
 
-MODEL_OUTPUT = "output"
-"""Name under which the model's own output is reported when ``output=None``."""
-
 _T = TypeVar("_T")
+
+_CALL_HINT = (
+    " Check that input_shape=(C, *spatial) matches what the model takes: the channel "
+    "count, the number of spatial axes, and a size large enough for it"
+)
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -102,10 +104,12 @@ class TorchGradientProvider:
         # Linearized passes run channel-collapsed until the model does something a
         # collapsed tensor cannot (an in-place write, a view across channels).
         self._collapse = linearize and narrow
-        self._channels, self._spatial = _split_input_shape(input_shape)
+        self._channels, self._spatial = kit.split_input_shape(
+            input_shape, "channels_first", framework="PyTorch"
+        )
         self._modules = self._resolve_outputs(output)
         self._device = _device_of(self._model)
-        self._shape_cache: dict[tuple[int, ...], dict[str, tuple[int, ...]]] = {}
+        self._shapes = kit.ShapeCache()
         self._substitute_cache: dict[tuple[str, torch.dtype], dict[str, torch.Tensor]] = {}
         self._slot_cache: dict[str, list[tuple[nn.Module, str, str]]] = {}
         self._buffer_cache: dict[tuple[str, str, torch.dtype], tuple[torch.Tensor, int]] = {}
@@ -124,7 +128,8 @@ class TorchGradientProvider:
 
     def output_shapes(self, spatial_shape: tuple[int, ...]) -> Mapping[str, tuple[int, ...]]:
         spatial_shape = tuple(spatial_shape)
-        if spatial_shape not in self._shape_cache:
+
+        def shapes() -> dict[str, tuple[int, ...]]:
             shape = (1, self._channels, *spatial_shape)
             if math.prod(shape) <= _REAL_SHAPE_PASS_LIMIT:
                 outputs = self._shape_pass(shape, self._device)
@@ -133,11 +138,23 @@ class TorchGradientProvider:
                     outputs = self._shape_pass(shape, "meta")
                 except ModelCallError:
                     outputs = self._shape_pass(shape, self._device)
-            self._shape_cache[spatial_shape] = {
-                name: self._spatial_of(name, tensor, len(spatial_shape))
+            return {
+                name: kit.output_spatial_shape(
+                    name, tuple(tensor.shape), len(spatial_shape), "channels_first"
+                )
                 for name, tensor in outputs.items()
             }
-        return self._shape_cache[spatial_shape]
+
+        return self._shapes.get(spatial_shape, shapes)
+
+    def token_grid_model(self, layout: TokenGrid) -> nn.Module:
+        """A module whose output is this provider's token output laid out as
+        ``(N, C, *grid)`` (see `rfest.TokenGridProvider`); the model is not modified."""
+        from rfest_torch._tokens import token_grid_model
+
+        ((name, module),) = self._modules.items()
+        spatial = tuple(int(s) for s in self._spatial if s is not None)
+        return token_grid_model(self._model, name, module, layout, spatial)
 
     def _shape_pass(
         self, shape: tuple[int, ...], device: torch.device | str
@@ -234,11 +251,10 @@ class TorchGradientProvider:
     def _probe_input(
         self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str
     ) -> torch.Tensor:
-        if self._linearize:
+        if self._linearize:  # made in place: no host copy of a large probe
             return torch.ones(shape, dtype=dtype, device=device)
-        generator = torch.Generator().manual_seed(0)
-        values = 0.5 + torch.rand(shape, generator=generator, dtype=dtype)
-        return values.to(device)
+        values = kit.probe_input(shape, linearize=False, dtype=str(dtype).rpartition(".")[2])
+        return torch.from_numpy(values).to(device)
 
     def _forward(
         self,
@@ -249,7 +265,11 @@ class TorchGradientProvider:
     ) -> dict[str, torch.Tensor]:
         wanted = {only: self._modules[only]} if only is not None else self._modules
         captured: dict[str, torch.Tensor] = {}
-        with _forward_lock, ExitStack() as stack:
+        with (
+            _forward_lock,
+            ExitStack() as stack,
+            kit.model_errors(tuple(x.shape), "(batch, channels, *spatial)", _CALL_HINT),
+        ):
             stack.enter_context(self._capturing(wanted, captured))
             try:
                 stack.enter_context(self._substituted(device, dtype or self._dtype))
@@ -257,15 +277,6 @@ class TorchGradientProvider:
                 result = self._model(x + 0)
             except _AllCaptured:
                 return captured
-            except RFEstError:
-                raise
-            except Exception as exc:
-                raise ModelCallError(
-                    f"the model raised {type(exc).__name__} on an input of shape "
-                    f"{tuple(x.shape)} (batch, channels, *spatial): {exc}. Check that "
-                    f"input_shape=(C, *spatial) matches what the model takes: the channel "
-                    f"count, the number of spatial axes, and a size large enough for it"
-                ) from exc
         if MODEL_OUTPUT in wanted and wanted[MODEL_OUTPUT] is None:
             if not isinstance(result, torch.Tensor):
                 raise OutputNotFoundError(
@@ -383,38 +394,16 @@ class TorchGradientProvider:
         return substitutes
 
     def _resolve_outputs(self, output: str | Sequence[str] | None) -> dict[str, nn.Module | None]:
-        if output is None:
-            return {MODEL_OUTPUT: None}
-        names = [output] if isinstance(output, str) else list(output) if _is_list(output) else []
-        if not names or not all(isinstance(n, str) for n in names):
-            raise OutputNotFoundError(
-                f"output={output!r}: expected None, a module name, or a list of module names"
-            )
-        if len(set(names)) != len(names):
-            twice = sorted({n for n in names if names.count(n) > 1})
-            raise OutputNotFoundError(f"output lists {', '.join(map(repr, twice))} twice")
         modules = dict(self._model.named_modules())
-        resolved: dict[str, nn.Module | None] = {}
-        for name in names:
-            if name not in modules:
-                close = difflib.get_close_matches(name, list(modules), n=3)
-                hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-                raise OutputNotFoundError(
-                    f"the model has no module named {name!r}.{hint} Names are those of "
-                    f"model.named_modules(), e.g. {', '.join(repr(n) for n in list(modules)[1:4])}"
-                )
-            resolved[name] = modules[name]
-        return resolved
-
-    def _spatial_of(self, name: str, tensor: torch.Tensor, spatial_axes: int) -> tuple[int, ...]:
-        if tensor.dim() == spatial_axes + 2:
-            return tuple(int(s) for s in tensor.shape[2:])
-        if tensor.dim() == 2:
-            return ()
-        raise RFEstError(
-            f"output {name!r} has shape {tuple(tensor.shape)}; expected (batch, channels, "
-            f"*spatial) with {spatial_axes} spatial axes like the input, or (batch, features)"
+        listed = [name for name in modules if name]
+        resolved = kit.resolve_outputs(
+            output,
+            listed,
+            kind="module",
+            naming=f" Names are those of model.named_modules(), e.g. "
+            f"{', '.join(repr(n) for n in listed[:3])}",
         )
+        return {name: None if layer is None else modules[layer] for name, layer in resolved.items()}
 
 
 @contextmanager
@@ -426,33 +415,6 @@ def _native_convolutions() -> Iterator[None]:
         yield
     finally:
         torch.backends.mkldnn.enabled = enabled
-
-
-def _split_input_shape(
-    input_shape: Sequence[int | None] | None,
-) -> tuple[int, tuple[int | None, ...]]:
-    if input_shape is None:
-        raise InputShapeError(
-            "a PyTorch module does not declare its input size: pass input_shape=(C, *spatial), "
-            "e.g. (3, 224, 224); spatial sizes may be None to let rfest choose"
-        )
-    shape = tuple(input_shape)
-    if not 2 <= len(shape) <= 4:
-        raise InputShapeError(
-            f"input_shape={shape} has {len(shape)} axes; expected (C, *spatial) with 1 to 3 "
-            f"spatial axes, without the batch axis, e.g. (3, 224, 224)"
-        )
-    channels = shape[0]
-    if isinstance(channels, bool) or not isinstance(channels, (int, np.integer)) or channels < 1:
-        raise InputShapeError(
-            f"input_shape={shape}: the channel count {channels!r} must be a positive int "
-            f"(PyTorch layout is (C, *spatial))"
-        )
-    return int(channels), shape[1:]
-
-
-def _is_list(value: object) -> bool:
-    return isinstance(value, (list, tuple))
 
 
 def _check_single_input(model: nn.Module) -> None:

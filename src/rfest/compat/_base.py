@@ -14,8 +14,10 @@ from typing import Any
 import numpy as np
 
 from rfest._errors import EstimationError
+from rfest._options import ProbeOptions
 from rfest._plots import plot_gradient_map, plot_rf_grid
 from rfest._result import ReceptiveField
+from rfest._session import Session
 from rfest.compat.types import (
     FeatureMapDescription,
     GridPoint,
@@ -25,7 +27,25 @@ from rfest.compat.types import (
     Size,
 )
 
-__all__ = ["CompatReceptiveField", "describe"]
+__all__ = ["CompatReceptiveField", "describe", "open_session"]
+
+_PROBE_OPTIONS = ("dtype", "linearize", "max_input_size")
+
+
+def open_session(
+    model: Any, sample: Sequence[int], backend: str, options: dict[str, Any]
+) -> Session:
+    """One session for ``model``: its fields and every gradient map then share providers.
+    ``options`` are those of `rfest.compute`, checked at the same front door."""
+    probe = {k: v for k, v in options.items() if k in _PROBE_OPTIONS}
+    rest = {k: v for k, v in options.items() if k not in _PROBE_OPTIONS}
+    return Session(
+        model,
+        tuple(sample),
+        backend=backend,
+        options=ProbeOptions.check(**probe),
+        backend_options=rest,
+    )
 
 
 def describe(rf: ReceptiveField) -> ReceptiveFieldDescription:

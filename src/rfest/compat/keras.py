@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
-import rfest._api
+from rfest._api import fields_of
 from rfest._errors import OutputNotFoundError
-from rfest._plots import gradient_map
-from rfest.compat._base import CompatReceptiveField
+from rfest._session import Session
+from rfest.compat._base import CompatReceptiveField, open_session
 from rfest.compat.types import FeatureMapDescription, GridShape, ImageShape
 
 __all__ = ["KerasReceptiveField"]
@@ -34,10 +34,8 @@ class KerasReceptiveField(CompatReceptiveField):
     def __init__(self, model_func: Callable[[Any], Any], init_weights: bool = False) -> None:
         super().__init__(model_func)
         self.init_weights = init_weights
-        self._model: Any = None
+        self._session: Session | None = None
         self._layers: list[str] = []
-        self._sample: tuple[int, ...] = ()
-        self._options: dict[str, Any] = {}
 
     def compute(
         self,
@@ -60,19 +58,14 @@ class KerasReceptiveField(CompatReceptiveField):
             ) from exc
         layers = [str(name) for name in output_layers]
         sample = tuple(int(n) for n in input_shape)
-        results = rfest._api.compute(model, sample, backend="keras", output=layers, **options)
+        session = open_session(model, sample, "keras", options)
+        results = fields_of(session, tuple(layers))
         fields = [results[name] for name in layers]
-        self._model, self._layers, self._sample, self._options = model, layers, sample, options
+        self._session, self._layers = session, layers
         rows, cols, channels = sample
         outputs = [GridShape(n=1, w=rf.output_shape[1], h=rf.output_shape[0], c=1) for rf in fields]
         return self._store(fields, GridShape(n=1, w=cols, h=rows, c=channels), outputs)
 
     def _gradient(self, fm_id: int, unit: tuple[int, int]) -> np.ndarray:
-        return gradient_map(
-            self._model,
-            self._sample,
-            unit=unit,
-            backend="keras",
-            output=self._layers[fm_id],
-            **self._options,
-        )
+        assert self._session is not None
+        return self._session.gradient_map(self._layers[fm_id], unit)

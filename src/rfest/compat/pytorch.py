@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
-import rfest._api
+from rfest._api import fields_of
 from rfest._errors import OutputNotFoundError
-from rfest._plots import gradient_map
 from rfest._result import ReceptiveField
-from rfest.compat._base import CompatReceptiveField
+from rfest._session import Session
+from rfest.compat._base import CompatReceptiveField, open_session
 from rfest.compat.types import FeatureMapDescription, GridShape, ImageShape
 
 __all__ = ["PytorchReceptiveField"]
@@ -47,9 +47,8 @@ class PytorchReceptiveField(CompatReceptiveField):
 
     def __init__(self, model_func: Callable[[], Any]) -> None:
         super().__init__(model_func)
-        self._model: Any = None
+        self._session: Session | None = None
         self._names: list[str | None] = []
-        self._options: dict[str, Any] = {}
 
     def compute(self, input_shape: Sequence[int], **options: Any) -> list[FeatureMapDescription]:
         """Measure every feature map for an input of ``input_shape = (width, height,
@@ -58,17 +57,15 @@ class PytorchReceptiveField(CompatReceptiveField):
         shape = ImageShape(*input_shape)
         model = self._model_func()
         names, channels = _feature_map_sources(model, shape)
-        sample = (shape.c, shape.h, shape.w)
+        session = open_session(model, (shape.c, shape.h, shape.w), "torch", options)
         measured: dict[str | None, ReceptiveField] = {}
-        named = [n for n in dict.fromkeys(names) if n is not None]
+        named = tuple(n for n in dict.fromkeys(names) if n is not None)
         if named:
-            measured.update(
-                rfest._api.compute(model, sample, backend="torch", output=named, **options)
-            )
+            measured.update(fields_of(session, named))
         if None in names:
-            measured[None] = rfest._api.compute(model, sample, backend="torch", **options)
+            measured[None] = fields_of(session, None)
         fields = [measured[n] for n in names]
-        self._model, self._names, self._options = model, names, options
+        self._session, self._names = session, names
         outputs = [
             GridShape(n=1, w=rf.output_shape[1], h=rf.output_shape[0], c=c)
             for rf, c in zip(fields, channels, strict=True)
@@ -76,16 +73,8 @@ class PytorchReceptiveField(CompatReceptiveField):
         return self._store(fields, GridShape(n=1, w=shape.w, h=shape.h, c=shape.c), outputs)
 
     def _gradient(self, fm_id: int, unit: tuple[int, int]) -> np.ndarray:
-        assert self._input_shape is not None
-        sample = (self._input_shape.c, self._input_shape.h, self._input_shape.w)
-        return gradient_map(
-            self._model,
-            sample,
-            unit=unit,
-            backend="torch",
-            output=self._names[fm_id],
-            **self._options,
-        )
+        assert self._session is not None
+        return self._session.gradient_map(self._names[fm_id], unit)
 
 
 def _feature_map_sources(model: Any, shape: ImageShape) -> tuple[list[str | None], list[int]]:

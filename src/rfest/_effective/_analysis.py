@@ -20,10 +20,9 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from rfest._api import compute
-from rfest._erf_result import EffectiveField
-from rfest._erf_stats import DEFAULT_FRACTIONS, heatmap_statistics
-from rfest._erf_tokens import TokenGrid, torch_token_grid_model
+from rfest._api import fields_of
+from rfest._effective._result import EffectiveField
+from rfest._effective._stats import DEFAULT_FRACTIONS, heatmap_statistics
 from rfest._errors import (
     BackendError,
     EstimationError,
@@ -31,27 +30,34 @@ from rfest._errors import (
     ModelCallError,
     NonFiniteGradientError,
     NonUniformWarning,
-    OutputNotFoundError,
+    OutputShapeError,
     RFEstError,
 )
-from rfest._estimate import DEFAULT_MAX_INPUT_SIZE
-from rfest._protocol import InputGradientProvider
-from rfest._registry import detect_backend, make_provider
+from rfest._options import (
+    DEFAULT_MAX_INPUT_SIZE,
+    Contribution,
+    Dtype,
+    ProbeOptions,
+    check_choice,
+    check_count,
+    check_flag,
+    check_single_output,
+)
+from rfest._protocol import InputGradientProvider, TokenGridProvider
 from rfest._result import ReceptiveField
+from rfest._session import Session
+from rfest.kit._tokens import TokenGrid
 
 __all__ = ["DEFAULT_RANDOM_IMAGES", "TheoreticalFieldWarning", "effective"]
 
 DEFAULT_RANDOM_IMAGES = 64
 """Random images averaged when no inputs are given (ERF studies average 50 or more)."""
 
-_CONTRIBUTIONS = ("abs", "positive")
+_CONTRIBUTIONS: tuple[Contribution, ...] = ("abs", "positive")
 
 
 class TheoreticalFieldWarning(UserWarning):
     """``rfest.compute`` failed on the model, so the effective field has no area ratio."""
-
-
-_DTYPES = ("float32", "float64")
 
 
 def effective(
@@ -64,14 +70,14 @@ def effective(
     num_images: int | None = None,
     batch_size: int = 16,
     seed: int = 0,
-    contribution: str = "abs",
+    contribution: Contribution = "abs",
     units: Sequence[int] | Sequence[Sequence[int]] | None = None,
     token_grid: Sequence[int] | None = None,
     prefix_tokens: int = 0,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     theoretical: bool = True,
     max_input_size: int = DEFAULT_MAX_INPUT_SIZE,
-    dtype: str = "float64",
+    dtype: Dtype = "float64",
     progress: bool | TextIO = False,
     **backend_options: Any,
 ) -> EffectiveField:
@@ -129,11 +135,9 @@ def effective(
         >>> erf.center_of_mass, erf.area[0.9], erf.receptive_field.size
         ((4.0, 4.0), 9, (3, 3))
     """
-    _check_options(contribution, dtype, batch_size, num_images)
-    if output is not None and not isinstance(output, str):
-        raise OutputNotFoundError(
-            f"output={output!r}: rfest.effective measures one output; pass None or one name"
-        )
+    probe = ProbeOptions.check(dtype=dtype, linearize=True, max_input_size=max_input_size)
+    _check_options(contribution, batch_size, num_images, seed, theoretical)
+    output = check_single_output(output, "rfest.effective")
     batches = _batches(inputs, batch_size) if inputs is not None else None
     if input_shape is None:
         if batches is None:
@@ -147,22 +151,26 @@ def effective(
         input_shape = first.shape[1:]
         batches = itertools.chain([first], batches)
     sample = _check_sample_shape(input_shape)
-    name = backend if backend is not None else detect_backend(model)
+    session = Session(
+        model, sample, backend=backend, options=probe, backend_options=backend_options
+    )
+    name = session.backend
     layout = TokenGrid.of(token_grid, prefix_tokens) if token_grid is not None else None
-    wrapped = layout is not None and name == "torch"
+    provider = session.provider(output, linearize=False)
+    provider_output = output
+    wrapped = layout is not None and isinstance(provider, TokenGridProvider)
     if wrapped:
         assert layout is not None
-        model = torch_token_grid_model(model, output, layout, sample[1:])
-    provider_output = None if wrapped else output
-    provider = make_provider(
-        name,
-        model,
-        input_shape=sample,
-        output=provider_output,
-        dtype=dtype,
-        linearize=False,
-        **backend_options,
-    )
+        assert isinstance(provider, TokenGridProvider)
+        session = Session(
+            provider.token_grid_model(layout),
+            sample,
+            backend=name,
+            options=probe,
+            backend_options=backend_options,
+        )
+        provider_output = None
+        provider = session.provider(None, linearize=False)
     if not isinstance(provider, InputGradientProvider):
         raise BackendError(
             f"the rfest backend {name!r} cannot differentiate at given inputs (its provider "
@@ -178,10 +186,10 @@ def effective(
     spatial = tuple(int(s) for s in reported if s is not None)
     try:
         output_shape = tuple(provider.output_shapes(spatial)[output_name])
-    except RFEstError as exc:
-        if layout is not None or type(exc) is not RFEstError:
+    except OutputShapeError as exc:
+        if layout is not None:
             raise
-        raise InputShapeError(
+        raise OutputShapeError(
             f"{exc}. If the output is a token sequence (batch, tokens, channels), pass "
             f"token_grid=(patch grid shape) and prefix_tokens=(tokens before the patches)"
         ) from exc
@@ -210,9 +218,7 @@ def effective(
     )
     rf = None
     if theoretical and not native_tokens:
-        rf = _theoretical(
-            model, sample, name, provider_output, dtype, max_input_size, backend_options
-        )
+        rf = _theoretical(session, provider_output)
     options = {
         "backend": name,
         "contribution": contribution,
@@ -238,19 +244,20 @@ def effective(
     )
 
 
-def _check_options(contribution: str, dtype: str, batch_size: int, num_images: int | None) -> None:
-    if contribution not in _CONTRIBUTIONS:
-        raise ValueError(
-            f"contribution={contribution!r}: use 'abs' (|gradient|) or 'positive' (its "
-            f"positive part)"
-        )
-    if dtype not in _DTYPES:
-        raise InputShapeError(f"dtype={dtype!r} is not supported; use one of {_DTYPES}")
-    for label, value in (("batch_size", batch_size), ("num_images", num_images)):
-        if value is None and label == "num_images":
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{label}={value!r} must be a positive int")
+def _check_options(
+    contribution: Any, batch_size: Any, num_images: Any, seed: Any, theoretical: Any
+) -> None:
+    check_choice(
+        "contribution",
+        contribution,
+        _CONTRIBUTIONS,
+        " ('abs': |gradient|; 'positive': its positive part)",
+    )
+    check_count("batch_size", batch_size)
+    if num_images is not None:
+        check_count("num_images", num_images)
+    check_count("seed", seed, " (the seed of the random inputs)", minimum=0)
+    check_flag("theoretical", theoretical)
 
 
 def _check_sample_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
@@ -389,28 +396,12 @@ def _accumulate(
     return accumulator / (count * len(units)), count
 
 
-def _theoretical(
-    model: Any,
-    sample: tuple[int, ...],
-    backend: str,
-    output: str | None,
-    dtype: str,
-    max_input_size: int,
-    backend_options: dict[str, Any],
-) -> ReceptiveField | None:
+def _theoretical(session: Session, output: str | None) -> ReceptiveField | None:
     try:
         with warnings.catch_warnings():
             # A non-uniform field is still a box to compare with; its flag is in the result.
             warnings.simplefilter("ignore", NonUniformWarning)
-            return compute(
-                model,
-                sample,
-                backend=backend,
-                output=output,
-                dtype=dtype,
-                max_input_size=max_input_size,
-                **backend_options,
-            )
+            return fields_of(session, output)
     except EstimationError as exc:
         reason = f"{type(exc).__name__}: {exc}"
     except ModelCallError as exc:  # e.g. a fixed-size position embedding

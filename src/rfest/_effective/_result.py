@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from rfest._erf_stats import HeatmapStatistics
+from rfest._effective._stats import HeatmapStatistics, heatmap_statistics
 from rfest._result import ReceptiveField
 
 __all__ = ["EffectiveField"]
@@ -31,7 +31,7 @@ class EffectiveField:
 
     Example:
         >>> import numpy as np
-        >>> from rfest._erf_stats import heatmap_statistics
+        >>> from rfest._effective._stats import heatmap_statistics
         >>> heat = np.outer([0.0, 1, 2, 1, 0], [0.0, 1, 2, 1, 0])
         >>> erf = EffectiveField(heat, heatmap_statistics(heat), (1, 5, 5), (5, 5), None,
         ...                      (5, 5), ((2, 2),), 1, None, {})
@@ -159,9 +159,18 @@ class EffectiveField:
 
         Pass ``ax`` (a matplotlib Axes) to draw into an existing figure.
         """
-        from rfest._erf_plot import plot_effective_field
+        from rfest._plots._effective import plot_effective_field
 
-        return plot_effective_field(self, self.fractions if fractions is None else fractions, ax)
+        heatmap = self.heatmap
+        box = self.rf_box
+        title = f"ERF of {self.output or 'the output'}, {self.num_images} images"
+        if heatmap.ndim == 3:
+            heatmap = heatmap.sum(axis=0)
+            box = None if box is None else box[1:]
+            title += " (summed over axis 0)"
+        stats = heatmap_statistics(heatmap, self.fractions if fractions is None else fractions)
+        marks = [(f, stats.level[f], stats.interval[f][0]) for f in stats.fractions]
+        return plot_effective_field(heatmap, box, marks, title, ax)
 
     def __str__(self) -> str:
         ratios = ", ".join(f"{f:g}: {r:.3g}" for f, r in self.area_ratio.items() if r is not None)

@@ -1,45 +1,44 @@
-"""Plot of an effective receptive field; matplotlib is imported here only, never pyplot."""
+"""Plot of an effective receptive field; matplotlib is imported here only, never pyplot.
+
+A view: it draws numbers it is handed and imports nothing of the analysis that made them.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from rfest._erf_result import EffectiveField
-
 __all__ = ["plot_effective_field"]
 
+Box = Sequence[tuple[int, int] | None]
 
-def plot_effective_field(erf: EffectiveField, fractions: Sequence[float], ax: Any) -> Any:
-    """Draw ``erf`` into ``ax`` (a new ``Figure`` when None) and return the figure.
+
+def plot_effective_field(
+    heatmap: np.ndarray,
+    box: Box | None,
+    marks: Sequence[tuple[float, float, tuple[int, int]]],
+    title: str,
+    ax: Any,
+) -> Any:
+    """Draw a 1-D or 2-D ``heatmap`` into ``ax`` (a new ``Figure`` when None); return the figure.
 
     2-D heatmaps are drawn as an image (axis 0 down, axis 1 across) with the theoretical
-    field's box and the highest-density contour of each fraction; 1-D as a curve with the
-    box's span and each fraction's interval; 3-D heatmaps are summed over axis 0 first.
+    field's ``box`` and, for each ``(fraction, level, interval)`` of ``marks``, the contour at
+    ``level``; 1-D heatmaps as a curve with the box's span and each fraction's ``interval``.
     """
     try:
         from matplotlib.figure import Figure
         from matplotlib.patches import Rectangle
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError("EffectiveField.plot needs matplotlib: pip install matplotlib") from exc
-    from rfest._erf_stats import heatmap_statistics
 
     if ax is None:
         figure = Figure(figsize=(5, 4.5))
         ax = figure.add_subplot()
     else:
         figure = ax.figure
-    heatmap = erf.heatmap
-    box = erf.rf_box
-    title = f"ERF of {erf.output or 'the output'}, {erf.num_images} images"
-    if heatmap.ndim == 3:
-        heatmap = heatmap.sum(axis=0)
-        box = None if box is None else box[1:]
-        title += " (summed over axis 0)"
-    stats = heatmap_statistics(heatmap, fractions)
     colours = ("tab:orange", "tab:green", "tab:purple", "tab:brown")
     if heatmap.ndim == 1:
         ax.plot(np.arange(heatmap.size), heatmap, color="black", label="heatmap")
@@ -51,8 +50,7 @@ def plot_effective_field(erf: EffectiveField, fractions: Sequence[float], ax: An
                 alpha=0.15,
                 label="theoretical RF",
             )
-        for k, f in enumerate(stats.fractions):
-            start, stop = stats.interval[f][0]
+        for k, (f, _, (start, stop)) in enumerate(marks):
             ax.axvspan(
                 start - 0.5,
                 stop - 0.5,
@@ -78,11 +76,11 @@ def plot_effective_field(erf: EffectiveField, fractions: Sequence[float], ax: An
                     label="theoretical RF",
                 )
             )
-        for k, f in enumerate(stats.fractions):
-            if stats.level[f] > 0 and np.any(heatmap < stats.level[f]):
+        for k, (f, level, _) in enumerate(marks):
+            if level > 0 and np.any(heatmap < level):
                 ax.contour(
                     heatmap,
-                    levels=[stats.level[f]],
+                    levels=[level],
                     colors=[colours[k % len(colours)]],
                     linewidths=1.2,
                 )

@@ -1,4 +1,4 @@
-"""Seeing receptive fields: gradient maps and matplotlib figures of fields, grids and growth.
+"""Seeing receptive fields: matplotlib figures of gradient maps, fields, grids and growth.
 
 Rules this module keeps:
 
@@ -21,10 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rfest._errors import InputShapeError, OutputNotFoundError
-from rfest._estimate import DEFAULT_FREE_SIZE
-from rfest._registry import detect_backend, make_provider
 from rfest._result import ReceptiveField
+from rfest._units import resolve_unit
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -34,7 +32,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "GRID_COLORS",
-    "gradient_map",
     "plot_gradient_map",
     "plot_rf_grid",
     "plot_rf_grids",
@@ -50,69 +47,6 @@ GRID_COLORS: Mapping[str, str] = {
 
 _DOT_COLOR = "yellowgreen"
 _PADDING_COLOR = "0.85"
-
-
-def gradient_map(
-    model: Any,
-    input_shape: Sequence[int | None] | None = None,
-    *,
-    unit: int | Sequence[int] | None = None,
-    backend: str | None = None,
-    output: str | None = None,
-    dtype: str = "float64",
-    linearize: bool = True,
-    **backend_options: Any,
-) -> np.ndarray:
-    """Magnitude of the gradient of one output unit with respect to the input.
-
-    The map the estimator reads the field from: ``|d output[unit] / d input|``, the unit
-    summed over channels and the gradient over input channels, at a positive input on the
-    (by default linearized) model. Its non-zero part is the unit's receptive field,
-    clipped to the input.
-
-    Args:
-        model: as for `rfest.compute`.
-        input_shape: as for `rfest.compute`; a spatial size left None is probed at 32.
-        unit: spatial index of the output unit; negative indices count from the end;
-            None takes the centre unit ``(m0 // 2, m1 // 2, ...)``.
-        backend: as for `rfest.compute`.
-        output: None (the model's output) or the name of one intermediate.
-        dtype: as for `rfest.compute`.
-        linearize: as for `rfest.compute`.
-        **backend_options: passed to the backend's factory.
-
-    Returns:
-        A float64 array of the input's spatial shape.
-
-    Example:
-        >>> import torch.nn as nn
-        >>> net = nn.Sequential(nn.Conv2d(1, 1, 3), nn.MaxPool2d(2))
-        >>> grad = gradient_map(net, (1, 10, 10), unit=(0, -1))
-        >>> grad.shape, [tuple(int(i) for i in np.flatnonzero(grad.sum(axis=a))[[0, -1]])
-        ...              for a in (1, 0)]
-        ((10, 10), [(0, 3), (6, 9)])
-    """
-    if output is not None and not isinstance(output, str):
-        raise OutputNotFoundError(
-            f"output={output!r}: gradient_map takes one output name (or None), not a list"
-        )
-    name = backend if backend is not None else detect_backend(model)
-    provider = make_provider(
-        name,
-        model,
-        input_shape=input_shape,
-        output=output,
-        dtype=dtype,
-        linearize=linearize,
-        **backend_options,
-    )
-    output_name = provider.output_names[0]
-    spatial = tuple(DEFAULT_FREE_SIZE if n is None else int(n) for n in provider.spatial_shape)
-    out_shape = tuple(int(m) for m in provider.output_shapes(spatial)[output_name])
-    index = _resolve_unit(unit, out_shape)
-    maps = np.asarray(provider.gradient_maps(spatial, output_name, [index]), dtype=np.float64)
-    result: np.ndarray = maps[0]
-    return result
 
 
 def plot_gradient_map(
@@ -162,7 +96,7 @@ def plot_gradient_map(
     peak = float(np.abs(grad).max()) if grad.size else 0.0
     display = np.abs(grad) / peak if peak > 0 else np.zeros_like(grad)
     fig, axes = _figure_and_axes(ax, figsize, (6.0, 5.0) if grad.ndim == 2 else (7.0, 3.0))
-    index = None if rf is None else _resolve_unit(unit, tuple(rf.output_shape))
+    index = None if rf is None else resolve_unit(unit, tuple(rf.output_shape))
     if grad.ndim == 1:
         _draw_gradient_1d(axes, display, rf, index)
     else:
@@ -451,25 +385,6 @@ def _check_2d(rf: ReceptiveField) -> None:
             f"the RF grid is drawn for 2-D inputs and outputs; this field has input "
             f"{rf.input_shape} and output {rf.output_shape}"
         )
-
-
-def _resolve_unit(unit: int | Sequence[int] | None, out_shape: tuple[int, ...]) -> tuple[int, ...]:
-    if unit is None:
-        return tuple(m // 2 for m in out_shape)
-    index = (unit,) if isinstance(unit, (int, np.integer)) else tuple(unit)
-    if len(index) != len(out_shape):
-        raise InputShapeError(
-            f"unit {unit!r} has {len(index)} axes; the output has spatial shape {out_shape}"
-        )
-    resolved = []
-    for i, m in zip(index, out_shape, strict=True):
-        k = int(i) + m if int(i) < 0 else int(i)
-        if not 0 <= k < m:
-            raise InputShapeError(
-                f"unit {unit!r} lies outside the output, whose spatial shape is {out_shape}"
-            )
-        resolved.append(k)
-    return tuple(resolved)
 
 
 def _axis_value(values: tuple[Any, ...] | None, axis: int) -> Any:

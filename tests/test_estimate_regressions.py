@@ -1,0 +1,150 @@
+"""Networks rfest once got wrong: the rows of issue 19's table and the examples the
+property tests (``tests/test_properties.py``) shrank to. Each answer is worked from the
+recurrences (``r += (K - 1) * j``, ``first -= before * j``, ``j *= s``; padding = -first)
+in its comment, and again by ``rf_calculator`` where the test goes through ``check``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import rfest
+from rf_calculator import Branches, Conv, Net, Pool
+
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+
+def geometry(rf: rfest.ReceptiveField) -> tuple[object, object, object, bool]:
+    return rf.size, rf.stride, rf.padding, rf.uniform
+
+
+# ------------------------------------------------------------------ issue 19's table (torch)
+
+
+@pytest.mark.torch
+def test_border_units_that_see_only_padding_are_left_out() -> None:
+    nn = pytest.importorskip("torch.nn")
+    # k1 p1: r1 first-1; units 0 and 33 of 34 see only zero padding.
+    rf = rfest.compute(nn.Conv2d(3, 4, 1, padding=1), (3, 32, 32))
+    assert geometry(rf) == ((1, 1), (1, 1), (1, 1), True)
+
+
+@pytest.mark.torch
+def test_reflect_padding_folding_a_unit_that_sees_only_padding() -> None:
+    nn = pytest.importorskip("torch.nn")
+    # k2 s2 p2 reflect: r2 j2 first-2. Unit 0 reads [-2, -1], folded onto [1, 2].
+    conv = nn.Conv2d(3, 4, 2, stride=2, padding=2, padding_mode="reflect")
+    rf = rfest.compute(conv, (3, 50, 8))
+    assert geometry(rf) == ((2, 2), (2, 2), (2, 2), True)
+
+
+@pytest.mark.torch
+def test_a_field_cut_inside_the_network_at_the_size_given() -> None:
+    nn = pytest.importorskip("torch.nn")
+    # avg 4/4: r4 j4; k5 d3 p6: K13, r = 4 + 12 * 4 = 52, first = -6 * 4 = -24. At 15 the
+    # pool leaves 3 units and the dilated taps +-3, +-6 all land in its padding.
+    net = nn.Sequential(nn.AvgPool1d(4, 4), nn.Conv1d(1, 1, 5, dilation=3, padding=6))
+    for n in (15, 64):
+        assert geometry(rfest.compute(net, (1, n))) == ((52,), (4,), (24,), True), n
+
+
+@pytest.mark.torch
+def test_circular_padding_whose_field_runs_past_small_inputs() -> None:
+    pytest.importorskip("torch")
+    from prop_networks import check
+
+    # k7 s2 d2 p2 circular: K13, r13 j2 first-2; k3 p4 circular: r = 13 + 2 * 2 = 17,
+    # first = -2 - 4 * 2 = -10. Wrapped supports of the end units once reached the cap.
+    check(
+        "torch",
+        Net(1, (19,), (Conv((7,), (2,), (2,), ((2, 2),), "circular"),
+                       Conv((3,), (1,), (1,), ((4, 4),), "circular"))),
+    )  # fmt: skip
+    # k5 s2 circular: r5 j2; k5 d2 p2: r = 5 + 8 * 2 = 21, first -4; k5 d2 p4: r37 first-12.
+    check(
+        "torch",
+        Net(1, (27,), (Conv((5,), (2,), (1,), ((0, 0),), "circular"),
+                       Conv((5,), (1,), (2,), ((2, 2),), "circular"),
+                       Conv((5,), (1,), (2,), ((4, 4),), "circular"))),
+    )  # fmt: skip
+
+
+@pytest.mark.torch
+def test_branches_that_line_up_only_at_odd_sizes() -> None:
+    torch = pytest.importorskip("torch")
+    nn = torch.nn
+
+    class Net_(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Conv1d(1, 1, 3, stride=2, padding=1)
+            self.b = nn.AvgPool1d(2, 2, padding=1)
+            self.c = nn.Conv1d(1, 1, 7, dilation=3, padding=9)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.c(self.a(x) + self.b(x))
+
+    # k3 s2 p1: r3 j2 first-1; avg 2/2 p1: r2 j2 first-1; union r3 first-1.
+    # k7 d3 p9: K19, r = 3 + 18 * 2 = 39, first = -1 - 9 * 2 = -19. ceil(n/2) units on
+    # one branch, n // 2 + 1 on the other: only odd sizes run.
+    rf = rfest.compute(Net_(), (1, 3))
+    assert geometry(rf) == ((39,), (2,), (19,), True)
+    assert rf.probe_shape[0] % 2 == 1
+
+
+@pytest.mark.keras
+def test_keras_zero_padding_layers_of_the_resnet50_stem() -> None:
+    keras = pytest.importorskip("keras")
+    from keras import layers as L
+
+    # conv1_pad 3: r1 first-3; conv1 k7 s2: r7 j2 first-3; pool1_pad 1: first-5;
+    # pool1 k3 s2: r11 j4 first-5. Units at the ends of a padding layer see only padding.
+    inputs = keras.Input((64, 64, 3))
+    x = L.ZeroPadding2D(3, name="conv1_pad")(inputs)
+    x = L.Conv2D(4, 7, strides=2, name="conv1")(x)
+    x = L.ZeroPadding2D(1, name="pool1_pad")(x)
+    x = L.MaxPooling2D(3, strides=2, name="pool1")(x)
+    rfs = rfest.compute(keras.Model(inputs, x), output=["conv1_pad", "pool1_pad", "pool1"])
+    assert geometry(rfs["conv1_pad"]) == ((1, 1), (1, 1), (3, 3), True)
+    assert geometry(rfs["pool1_pad"]) == ((7, 7), (2, 2), (5, 5), True)
+    assert geometry(rfs["pool1"]) == ((11, 11), (4, 4), (5, 5), True)
+
+
+# ------------------------------------------------------------------ shrunk by Hypothesis
+
+
+@pytest.mark.torch
+def test_shrunk_pool_smaller_than_its_window_is_a_clear_model_error() -> None:
+    pytest.importorskip("torch")
+    from prop_networks import check
+
+    # torch refuses an input smaller than the pool window whatever the padding: rfest
+    # must say the model cannot run at that size (check accepts only that error).
+    check("torch", Net(1, (1, 1, 1), (Pool("avg", (1, 2, 1), (1, 1, 1), (0, 1, 0)),)))
+
+
+@pytest.mark.torch
+def test_shrunk_branches_then_circular_same_padding() -> None:
+    pytest.importorskip("torch")
+    from prop_networks import check
+
+    # axis 0: add(k2 s2 -> r2 j2, max 3/2 ceil -> r3 j2): r3 j2 first 0; k3 d2 'same'
+    # (pad 2 each side) circular: r = 3 + 4 * 2 = 11, first -4; again zeros: r19 first-8.
+    net = Net(
+        1,
+        (15, 1),
+        (
+            Branches(
+                "add",
+                (
+                    (Conv((2, 1), (2, 2), (1, 1), "valid"),),
+                    (Pool("max", (3, 1), (2, 2), (0, 0), ceil_mode=True),),
+                ),
+            ),
+            Conv((3, 1), (1, 1), (2, 1), "same", "circular"),
+            Conv((3, 1), (1, 1), (2, 1), "same"),
+        ),
+    )
+    check("torch", net)
