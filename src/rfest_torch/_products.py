@@ -63,13 +63,17 @@ def _scale(y: torch.Tensor) -> torch.Tensor:
 
 
 def _rescaled_product(
-    function: _Function, factors: Sequence[Any], positions: Sequence[int]
+    function: _Function, factors: Sequence[Any], positions: Sequence[int], copy: bool = False
 ) -> torch.Tensor:
-    """``function(*factors)`` with each input-dependent factor live in one term only."""
-    terms = []
+    """``function(*factors)`` with each input-dependent factor live in one term only.
+
+    ``copy``: freeze factors as copies, for a result written back into one of them.
+    """
+    terms: list[torch.Tensor] = []
     for live in positions:
         frozen = [
-            f.detach().clone() if i in positions and i != live else f for i, f in enumerate(factors)
+            (f.detach().clone() if copy else f.detach()) if i in positions and i != live else f
+            for i, f in enumerate(factors)
         ]
         terms.append(function(*frozen))
     total = terms[0]
@@ -85,7 +89,7 @@ def bilinear(original: _Function, in_place: bool = False) -> _Function:
         if not (_dependent(a) and _dependent(b)) or "out" in kwargs:
             return original(a, b, *args, **kwargs)
         if in_place:  # mul_: the product out of place, written back
-            return a.copy_(_rescaled_product(torch.mul, (a, b), (0, 1)))
+            return a.copy_(_rescaled_product(torch.mul, (a, b), (0, 1), copy=True))
 
         def call(p: Any, q: Any) -> Any:
             return original(p, q, *args, **kwargs)
@@ -190,9 +194,10 @@ def _dense_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 _matmul = bilinear(_dense_matmul)
 
 
-def transparent(function: types.FunctionType) -> types.FunctionType:
+def transparent(function: _Function) -> _Function:
     """A copy of a Python composite (``F.multi_head_attention_forward``) that does not hand
     itself to the torch-function mode, so that the mode sees the calls it is made of."""
+    assert isinstance(function, types.FunctionType)
     namespace = dict(function.__globals__)
     namespace["has_torch_function"] = lambda *args: False
     copy = types.FunctionType(
