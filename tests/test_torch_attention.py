@@ -42,28 +42,34 @@ def box_mask(rf: rfest.ReceptiveField, unit: tuple[int, ...]) -> np.ndarray:
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention written out with ``F.scaled_dot_product_attention``."""
+    """Multi-head self-attention: ``F.scaled_dot_product_attention``, or written out as
+    timm's and torchvision's Swin do (``q @ k.T``, softmax, ``@ v``)."""
 
-    def __init__(self, dim: int, heads: int) -> None:
+    def __init__(self, dim: int, heads: int, fused: bool) -> None:
         super().__init__()
-        self.heads = heads
+        self.heads, self.fused = heads, fused
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: Tensor) -> Tensor:
         b, t, c = x.shape
         qkv = self.qkv(x).reshape(b, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        if self.fused:
+            out = F.scaled_dot_product_attention(q, k, v)
+        else:
+            scores = (q * (c // self.heads) ** -0.5) @ k.transpose(-2, -1)
+            out = scores.softmax(dim=-1) @ v
         return self.proj(out.transpose(1, 2).reshape(b, t, c))
 
 
 class Block(nn.Module):
     """Pre-norm transformer block with layer scale (tiny factors, as in CaiT/DeiT-III)."""
 
-    def __init__(self, dim: int, heads: int) -> None:
+    def __init__(self, dim: int, heads: int, fused: bool) -> None:
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.attn = Attention(dim, heads)
+        self.attn = Attention(dim, heads, fused)
         self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
         self.gamma = nn.Parameter(torch.full((dim,), 1e-5))
 
@@ -75,19 +81,19 @@ class Block(nn.Module):
 class TinyViT(nn.Module):
     """4x4 patches, ``depth`` blocks, tokens back on their grid (N, C, H/4, W/4)."""
 
-    def __init__(self, depth: int, torch_layers: bool = False) -> None:
+    def __init__(self, depth: int, kind: str = "sdpa") -> None:
         super().__init__()
         torch.manual_seed(1)
         dim = 16
         self.embed = nn.Conv2d(3, dim, 4, stride=4)
         blocks: list[nn.Module]
-        if torch_layers:
+        if kind == "nn":
             blocks = [
                 nn.TransformerEncoderLayer(dim, 2, 32, batch_first=True, norm_first=True)
                 for _ in range(depth)
             ]
         else:
-            blocks = [Block(dim, 2) for _ in range(depth)]
+            blocks = [Block(dim, 2, fused=kind == "sdpa") for _ in range(depth)]
         self.blocks = nn.Sequential(*blocks)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -97,9 +103,9 @@ class TinyViT(nn.Module):
         return t.transpose(1, 2).reshape(n, c, h, w)
 
 
-@pytest.mark.parametrize("torch_layers", [False, True], ids=["sdpa", "nn.TransformerEncoder"])
-def test_a_deep_vit_is_global_and_finite(torch_layers: bool) -> None:
-    model = TinyViT(depth=8, torch_layers=torch_layers)
+@pytest.mark.parametrize("kind", ["sdpa", "explicit", "nn"])
+def test_a_deep_vit_is_global_and_finite(kind: str) -> None:
+    model = TinyViT(depth=8, kind=kind)
     for unit in ((0, 0), (3, 5), (7, 7)):
         assert true_support(model, (3, 32, 32), unit).all()
     provider = TorchGradientProvider(model, input_shape=(3, 32, 32))
