@@ -44,8 +44,8 @@ def jump_for_global(
     decides). ``output_len(k)`` is the output length at input size ``k``;
     ``supports(k, units)`` the supports of those units at that size.
     """
-    if n >= cap:
-        return None
+    if n >= cap:  # whole at the cap: global whatever the far shape pass would say
+        return GlobalJump(n, is_global=True) if m > 1 else None
     if n == n0:  # grow once as before: a large local field (a deep CNN at 32 pixels) shows
         grows = n < next_n and output_len(next_n) > m
         return GlobalJump(n, is_global=False) if grows else None
