@@ -17,6 +17,12 @@ nox.options.default_venv_backend = "venv"
 CONSTRAINTS = ("-c", "constraints.txt")
 
 
+def _install(session: nox.Session, *args: str) -> None:
+    """pip >= 25.1 first: the venv's bundled pip does not know --group."""
+    session.install("-U", "pip>=25.1")
+    session.install(*CONSTRAINTS, *args)
+
+
 def _pytest(session: nox.Session, required: str, *args: str) -> None:
     env = {"RFEST_REQUIRE_FRAMEWORKS": required}
     session.run(
@@ -27,7 +33,7 @@ def _pytest(session: nox.Session, required: str, *args: str) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff (lint + format check) and mypy --strict on the sources."""
-    session.install(*CONSTRAINTS, "-e", ".[torch]", "--group", "lint")
+    _install(session, "-e", ".[torch]", "--group", "lint")
     session.run("ruff", "check", "src", "tests", "noxfile.py")
     session.run("ruff", "format", "--check", "src", "tests", "noxfile.py")
     session.run("mypy")
@@ -36,42 +42,50 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def tests_core(session: nox.Session) -> None:
     """The core alone, with no framework installed (matplotlib only, for the plots)."""
-    session.install(*CONSTRAINTS, "-e", ".", "--group", "test")
+    _install(session, "-e", ".", "--group", "test")
     _pytest(session, "matplotlib")
 
 
 @nox.session
 def tests_torch(session: nox.Session) -> None:
     """Everything but Keras and JAX, with the PyTorch backend."""
-    session.install(*CONSTRAINTS, "-e", ".[torch,plot]", "--group", "test")
+    _install(session, "-e", ".[torch,plot]", "--group", "test")
     _pytest(session, "torch,matplotlib", "-m", "not keras and not jax")
 
 
 @nox.session
 def tests_keras(session: nox.Session) -> None:
     """The Keras tests, on TensorFlow here and on JAX and PyTorch in subprocesses."""
-    session.install(*CONSTRAINTS, "-e", ".[all]", "--group", "test", "--group", "tensorflow")
+    _install(session, "-e", ".[all]", "--group", "test", "--group", "tensorflow")
     _pytest(session, "keras,tensorflow,jax,torch", "-m", "keras")
 
 
 @nox.session
 def tests_jax(session: nox.Session) -> None:
     """The JAX / Flax backend and the cross-framework parity suite (which needs torch)."""
-    session.install(*CONSTRAINTS, "-e", ".[torch,jax]", "--group", "test")
+    _install(session, "-e", ".[torch,jax]", "--group", "test")
     _pytest(session, "jax,flax,torch", "-m", "jax")
+
+
+@nox.session
+def props(session: nox.Session) -> None:
+    """The property-based tests, long profile: thousands of random networks per framework."""
+    session.install(*CONSTRAINTS, "-e", ".[all]", "--group", "test", "--group", "tensorflow")
+    session.env["RFEST_HYPOTHESIS"] = "long"
+    session.run("python", "-m", "pytest", "tests/test_properties.py", *session.posargs)
 
 
 @nox.session
 def bench(session: nox.Session) -> None:
     """Speed and memory against one forward+backward pass (benchmarks/bench.py)."""
-    session.install(*CONSTRAINTS, "-e", ".[all]", "--group", "test", "--group", "tensorflow")
+    _install(session, "-e", ".[all]", "--group", "test", "--group", "tensorflow")
     session.run("python", "benchmarks/bench.py", *session.posargs)
 
 
 @nox.session
 def docs(session: nox.Session) -> None:
     """The documentation site, warnings as errors; regenerate the gallery with posargs 'gallery'."""
-    session.install(*CONSTRAINTS, "-e", ".[torch,plot]", "--group", "docs")
+    _install(session, "-e", ".[torch,plot]", "--group", "docs")
     if "gallery" in session.posargs:
         session.run("python", "docs/gallery/make_gallery.py")
     session.run("mkdocs", "build", "--strict")

@@ -130,6 +130,8 @@ def case_resnet50_all_blocks(repeat: int) -> dict[str, Any]:
 
 
 def case_resnet50_report(repeat: int) -> dict[str, Any]:
+    """rfest.report of every module of ResNet-50 (each call of a shared ReLU its own row),
+    against one f32 forward+backward and against measuring the same rows one by one."""
     import torch
 
     import rfest
@@ -142,12 +144,62 @@ def case_resnet50_report(repeat: int) -> dict[str, Any]:
     base = _median_time(baseline, repeat)
     report = rfest.report(model, (3, 224, 224))
     sizes = {record.name: record.size for record in report}
-    # By hand: stem k7/2 then max pool k3/2 -> 7 + 2 * 2 = 11; layer4 427 (see above).
+    # By hand: stem k7/2 then max pool k3/2 -> 7 + 2 * 2 = 11; each block adds 2 x the
+    # jump at its 3x3 (see case_resnet50_all_blocks); relu:1 follows a 1x1 conv.
     assert sizes["maxpool"] == (11, 11), sizes
+    assert sizes["layer1.0.relu:1"] == (11, 11), sizes
+    assert sizes["layer1.0.relu:2"] == (19, 19), sizes
     assert sizes["layer4"] == (427, 427), sizes
     timed = _median_time(lambda: rfest.report(model, (3, 224, 224)), repeat)
+    names = [r.name for r in report if r.error is None]
+    start = time.perf_counter()
+    alone = rfest.compute(model, (3, 224, 224), output=names)
+    per_layer = time.perf_counter() - start
+    for record in report:
+        if record.error is None:
+            rf = alone[record.name]
+            assert (record.size, record.stride, record.padding) == (
+                rf.size,
+                rf.stride,
+                rf.padding,
+            ), record.name
     return {
-        "case": f"ResNet-50 (torch): rfest.report, all {len(sizes)} named modules",
+        "case": f"ResNet-50 (torch): rfest.report, all {len(sizes)} module calls",
+        "baseline_s": base,
+        "rfest_s": timed,
+        "per_layer_s": per_layer,
+    }
+
+
+def case_resnet50_report_keras(repeat: int) -> dict[str, Any]:
+    """rfest.report of every layer of keras.applications.ResNet50 (Keras measures layer by
+    layer: its provider has no gradient_maps_many yet)."""
+    import keras
+    import tensorflow as tf
+
+    import rfest
+
+    model = keras.applications.ResNet50(weights=None, input_shape=(224, 224, 3))
+
+    def look_once() -> float:
+        x = tf.ones((1, 224, 224, 3))
+        start = time.perf_counter()
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            total = tf.reduce_sum(model(x))
+        tape.gradient(total, x)
+        return time.perf_counter() - start
+
+    look_once()
+    base = statistics.median(look_once() for _ in range(repeat))
+    start = time.perf_counter()
+    report = rfest.report(model)
+    timed = time.perf_counter() - start
+    sizes = {record.name: record.size for record in report}
+    # Keras layout, stride on the first 1x1 of each stage: conv5_block3_out 483 (issue 4).
+    assert sizes["conv5_block3_out"] == (483, 483), sizes["conv5_block3_out"]
+    return {
+        "case": f"ResNet50 (keras/tensorflow): rfest.report, all {len(sizes)} layers",
         "baseline_s": base,
         "rfest_s": timed,
     }
@@ -299,6 +351,7 @@ CASES: dict[str, Callable[[int], dict[str, Any]]] = {
     "resnet50": case_resnet50_torch,
     "resnet50-blocks": case_resnet50_all_blocks,
     "resnet50-report": case_resnet50_report,
+    "resnet50-report-keras": case_resnet50_report_keras,
     "conv3d": case_conv3d_torch,
     "vit-s16": case_vit_s16_torch,
     "inception-v3": case_inception_v3_keras,
@@ -341,7 +394,7 @@ def main() -> None:
         ratio = r["rfest_s"] / r["baseline_s"]
         times = f"{r['rfest_s']:8.2f} {r['baseline_s']:8.2f} {ratio:6.1f}"
         print(f"{r['case']:70} {times} {r['peak_rss_gib']:8.2f}")
-        extras = ("rfest_f32_s", "rfest_first_call_s", "square_512_s", "rebuild_s")
+        extras = ("rfest_f32_s", "rfest_first_call_s", "square_512_s", "rebuild_s", "per_layer_s")
         for key in (*extras, "forward_backward_s"):
             if key in r:
                 print(f"{'  ' + key:70} {r[key]:8.2f} {'':8} {r[key] / r['baseline_s']:6.1f}")

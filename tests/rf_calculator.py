@@ -22,9 +22,11 @@ shares for the cases generated (torch allows 'same' with stride 1 only): total p
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
+
+import numpy as np
 
 PadSpec = tuple[tuple[int, int], ...] | Literal["same", "valid"]
 Mode = Literal["zeros", "reflect", "replicate", "circular"]
@@ -264,3 +266,40 @@ def check_recurrence(net: Net) -> None:
 
 def _with(shape: tuple[int, ...], axis: int, value: int) -> tuple[int, ...]:
     return (*shape[:axis], value, *shape[axis + 1 :])
+
+
+class BruteForceProvider:
+    """A framework-free GradientProvider for a :class:`Net`: maps from :func:`dependencies`.
+
+    The map of a unit is the outer product of its per-axis dependency sets (for branches
+    the true map is a union of products, whose projections on each axis, all the estimator
+    reads, are the same). Sizes the net cannot take raise ``rfest.ModelCallError``.
+    """
+
+    output_names = ("output",)
+
+    def __init__(self, net: Net) -> None:
+        self.net = net
+        self.spatial_shape: tuple[int | None, ...] = net.spatial
+
+    def output_shapes(self, spatial_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+        import rfest
+
+        try:
+            shape = tuple(output_length(self.net, a, n) for a, n in enumerate(spatial_shape))
+        except NotRunnable as error:
+            raise rfest.ModelCallError(f"the net cannot take {spatial_shape}: {error}") from error
+        return {"output": shape}
+
+    def gradient_maps(
+        self, spatial_shape: tuple[int, ...], output_name: str, units: Sequence[tuple[int, ...]]
+    ) -> np.ndarray:
+        maps = np.zeros((len(units), *spatial_shape))
+        for k, unit in enumerate(units):
+            masks = []
+            for axis, (n, i) in enumerate(zip(spatial_shape, unit, strict=True)):
+                mask = np.zeros(n, dtype=bool)
+                mask[sorted(dependencies(self.net, axis, n, i))] = True
+                masks.append(mask)
+            maps[k][np.ix_(*masks)] = 1.0
+        return maps

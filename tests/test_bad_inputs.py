@@ -80,10 +80,10 @@ def _torch_cases() -> list[Case]:
 
     return [
         Case(
-            "torch: input_shape missing",
-            lambda: rfest.compute(net),
+            "torch: input_shape missing, first layer Linear",
+            lambda: rfest.compute(nn.Sequential(nn.Flatten(), nn.Linear(8, 2))),
             rfest.InputShapeError,
-            ("does not declare", "input_shape=(C, *spatial)"),
+            ("cannot infer input_shape", "input_shape=(C, *spatial)"),
         ),
         Case(
             "torch: input_shape of the wrong rank",

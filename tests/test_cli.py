@@ -44,6 +44,7 @@ MODELS = textwrap.dedent(
             super().__init__(nn.Conv2d(1, 1, 3), nn.AvgPool2d(2))
 
     small = Small()
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
 
     def broken():
         raise RuntimeError("weights file missing")
@@ -112,7 +113,7 @@ def test_progress_goes_to_stderr(models: Path, capsys: pytest.CaptureFixture[str
         (["rfest_cli_models"], 2, "package.module:attr"),
         (["rfest_cli_models:small", "-i", "1,ten,10"], 2, "'ten' is not a positive integer"),
         (["rfest_cli_models:small", "-i", "1,10,10", "-o", "nope"], 2, "no module named 'nope'"),
-        (["rfest_cli_models:small"], 2, "input_shape"),
+        (["rfest_cli_models:mlp"], 2, "input_shape"),
         (["no_such_module_rfest:x"], 3, "cannot import 'no_such_module_rfest'"),
         (["rfest_cli_models:nothing"], 3, "has no attribute 'nothing'"),
         (["rfest_cli_models:broken"], 3, "weights file missing"),

@@ -170,12 +170,13 @@ def test_probes_are_batched_and_thin() -> None:
     # Per axis, on an input thin in the other axis: two batched probes (224, then 224 +
     # 7 * 32 = 448 to hold a whole field) and a check of the middle and end units at a
     # second size, twice as large with a whole field clear on each side (>= 448 + 2 *
-    # 427, in whole strides: 1312); then one confirmation grown along both axes.
+    # 427, in whole strides: 1312; the middle unit, its neighbour and both ends); then one
+    # confirmation grown along both axes.
     assert len(provider.calls) == 7
     batched = [(shape, count) for shape, count in provider.calls if count > 1]
     assert [max(shape) for shape, _ in batched] == [224, 448, 1312] * 2
     assert all(min(shape) == 16 for shape, _ in batched)
-    assert [count for _, count in batched] == [7, 9, 3] * 2
+    assert [count for _, count in batched] == [7, 9, 4] * 2
     confirmations = [shape for shape, count in provider.calls if count == 1]
     assert confirmations == [(448, 448)]
 
@@ -212,7 +213,7 @@ def test_a_scout_that_hides_gradient_is_overruled(value: float) -> None:
         # the joint probe, then one probe per axis, then both axes measured in full (a
         # probe and a check at twice the size each)
         assert [count for _, count in precise.calls[:3]] == [1, 1, 1]
-        assert [count for _, count in precise.calls[3:]] == [9, 3, 9, 3]
+        assert [count for _, count in precise.calls[3:]] == [9, 4, 9, 4]
 
 
 def test_a_scout_wrong_along_one_axis_costs_a_full_measurement_of_that_axis_only() -> None:
@@ -225,7 +226,7 @@ def test_a_scout_wrong_along_one_axis_costs_a_full_measurement_of_that_axis_only
     assert (rf.size, rf.stride, rf.padding) == ((9, 5), (2, 1), (4, 2))
     # joint probe (axis 0 fails), one probe per axis (axis 1 holds), axis 0 in full
     assert [count for _, count in precise.calls[:3]] == [1, 1, 1]
-    assert [(shape, count) for shape, count in precise.calls[3:]] == [((40, 40), 9), ((80, 40), 3)]
+    assert [(shape, count) for shape, count in precise.calls[3:]] == [((40, 40), 9), ((80, 40), 4)]
 
 
 def test_a_right_scout_is_confirmed_with_one_full_probe() -> None:

@@ -148,3 +148,70 @@ def test_shrunk_branches_then_circular_same_padding() -> None:
         ),
     )
     check("torch", net)
+
+
+def _brute_force_and_torch(net: Net) -> None:
+    """The estimator on the calculator's tap-by-tap maps (no framework), then in torch."""
+    import importlib.util
+
+    from rf_calculator import BruteForceProvider, check_recurrence, recurrence
+    from rfest._estimate import estimate
+
+    check_recurrence(net)
+    rf = estimate(BruteForceProvider(net), "output")
+    expected = recurrence(net)
+    assert geometry(rf) == (
+        tuple(f.size for f in expected),
+        tuple(f.stride for f in expected),
+        tuple(f.padding for f in expected),
+        True,
+    )
+    if importlib.util.find_spec("torch") is not None:
+        from prop_networks import check
+
+        check("torch", net)
+
+
+def test_shrunk_units_of_wrapped_padding_lining_up_with_a_wrong_stride() -> None:
+    # Three k1 s2 circular: j8; first = -(0 + 3 * 2 + 1 * 4) = -10; r1. At 7 the three
+    # units read -10, -2 and 6: two wrap onto 0 and 1, and 1 and 6 line up at stride 5.
+    net = Net(1, (7,), (Conv((1,), (2,), (1,), ((0, 2),), "circular"),
+                        Conv((1,), (2,), (1,), ((3, 2),), "circular"),
+                        Conv((1,), (2,), (1,), ((1, 0),), "circular")))  # fmt: skip
+    _brute_force_and_torch(net)
+
+
+def test_shrunk_units_of_folded_padding_suggesting_a_stride_the_output_denies() -> None:
+    # k1 s2 p(3, 2) reflect, k1 s2 p(0, 3) reflect, k1 s2: r1 j8 first -3. Folded units
+    # suggested stride 2, which the output's length (3 units at 6 and at 8) denies.
+    net = Net(1, (6,), (Conv((1,), (2,), (1,), ((3, 2),), "reflect"),
+                        Conv((1,), (2,), (1,), ((0, 3),), "reflect"),
+                        Conv((1,), (2,), (1,), "valid")))  # fmt: skip
+    _brute_force_and_torch(net)
+
+
+def test_shrunk_dilated_field_whose_end_units_see_only_padding() -> None:
+    # axis 1: k5 d3 p(3, 2): K13, r13 first-3; k1 p4: first -7. At 9 the second layer's
+    # 4 + 4 padded units see nothing, so the probed ends gave no reach and the dilation
+    # holes (2 wide) kept every start and end from counting as unclipped.
+    first = Conv((1, 5), (1, 1), (1, 3), ((4, 4), (3, 2)))
+    second = Conv((5, 1), (1, 1), (1, 3), ((4, 4), (4, 4)), groups="grouped")
+    net = Net(1, (11, 9), (first, second))
+    _brute_force_and_torch(net)
+
+
+def test_shrunk_strided_dilated_conv_on_an_input_smaller_than_its_field() -> None:
+    # k3 s3 d2 p4: K5, r5 j3 first-4. At 3 the three units read taps -4, -2, 0; -1, 1, 3;
+    # 2, 4, 6: each sees one pixel (0, 1, 2), as a 1 / 1 / 0 field would.
+    net = Net(1, (3, 1), (Conv((3, 1), (3, 1), (2, 1), ((4, 4), (0, 0))),))
+    _brute_force_and_torch(net)
+
+
+def test_shrunk_single_unit_whose_branches_line_up_only_at_some_sizes() -> None:
+    # k2 s3 p1: r2 j3 first-1; add(k1 s2, max 2/2): r = 2 + 1 * 3 = 5, j6, first -1. At 3
+    # the one unit sees the whole input; the size far away that tells a global pool from
+    # a field must be one the branches line up at.
+    branches = Branches("add", ((Conv((1,), (2,), (1,), "valid"),),
+                                (Pool("max", (2,), (2,), (0,)),)))  # fmt: skip
+    net = Net(1, (3,), (Conv((2,), (3,), (1,), ((1, 1),)), branches))
+    _brute_force_and_torch(net)

@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
+pytest.importorskip("hypothesis")
+
 # oneDNN's CPU convolution gradients crash on the thin probes (TF 2.21): see docs/keras.md.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 
 import rfest
-from prop_networks import check, networks
-from rf_calculator import Net
+from prop_networks import check, describe, networks
+from rf_calculator import BruteForceProvider, Net, check_recurrence, recurrence
+from rfest._estimate import estimate
 
 _COMMON = {
     "deadline": None,
@@ -32,19 +36,31 @@ _LONG = os.environ.get("RFEST_HYPOTHESIS") == "long"
 
 # Examples per framework: a minute or two for the whole module on two cores by default.
 _EXAMPLES = (
-    {"torch": 3000, "keras": 600, "flax": 600}
+    {"core": 5000, "torch": 3000, "keras": 600, "flax": 600}
     if _LONG
-    else {
-        "torch": 60,
-        "keras": 8,
-        "flax": 8,
-    }
+    else {"core": 150, "torch": 40, "keras": 5, "flax": 5}
 )
 
 
 def _settings(framework: str) -> settings:
     profile = settings.get_profile("rfest-long" if _LONG else "rfest-fast")
     return settings(profile, max_examples=_EXAMPLES[framework])
+
+
+@_settings("core")
+@given(net=networks("torch"))
+def test_estimator_on_brute_force_gradients_matches_the_recurrences(net: Net) -> None:
+    # No framework: the gradient maps are the calculator's tap-by-tap dependencies, with
+    # every feature torch has (folding and wrapping padding, ceil mode, branches).
+    check_recurrence(net)
+    expected = recurrence(net)
+    rf = estimate(BruteForceProvider(net), "output")
+    assert (rf.size, rf.stride, rf.padding, rf.uniform) == (
+        tuple(f.size for f in expected),
+        tuple(f.stride for f in expected),
+        tuple(f.padding for f in expected),
+        True,
+    ), describe(net)
 
 
 @pytest.mark.torch

@@ -166,3 +166,64 @@ def test_backend_without_layer_listing_asks_for_layers() -> None:
 def test_record_dict_is_json_ready() -> None:
     record = LayerRecord("x", output_shape=(4,), size=(3,), stride=(1,), padding=(1,))
     assert json.loads(json.dumps(record.to_dict()))["size"] == [3]
+
+
+class InPlaceSum(nn.Module):
+    """``small`` (k1: r1) is captured, then added to in place by ``big`` (k5: r5)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.small = nn.Conv2d(1, 2, 1)
+        self.big = nn.Conv2d(1, 2, 5, padding=2)
+        self.pool = nn.AvgPool2d(2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.small(x)
+        out += self.big(x)
+        return self.pool(out)
+
+
+def test_a_layer_output_written_in_place_later_keeps_its_own_field() -> None:
+    # small r1; big r5 padding 2; the sum r5 padding 2; pool k2 s2: r6 j2 padding 2.
+    result = report(InPlaceSum(), (1, 16, 16))
+    assert result["small"].size == (1, 1) and result["small"].padding == (0, 0)
+    assert result["big"].size == (5, 5) and result["big"].padding == (2, 2)
+    assert (result["pool"].size, result["pool"].stride, result["pool"].padding) == (
+        (6, 6),
+        (2, 2),
+        (2, 2),
+    )
+
+
+def small_resnet() -> nn.Module:
+    from torch_models import ResNet50
+
+    torch.manual_seed(0)
+    net = ResNet50(width=4).eval()
+    # The stem, two blocks of layer1, one of each later stage.
+    net.layer1, net.layer2 = net.layer1[:2], net.layer2[:1]
+    net.layer3, net.layer4 = net.layer3[:1], net.layer4[:1]
+    return net
+
+
+def test_every_record_equals_compute_of_that_layer() -> None:
+    # Fields up to 83 on a 48 px input: layers grow their probes at different strides.
+    net = small_resnet()
+    result = report(net, (3, 48, 48))
+    measured = [r for r in result if r.status in ("ok", "global", "non-uniform")]
+    assert len(measured) == len(result) > 40
+    # compute costs a few passes per layer: every distinct answer, and every 4th row.
+    firsts = {(r.size, r.stride, r.padding, r.output_shape): r for r in reversed(measured)}
+    chosen = [r for k, r in enumerate(measured) if k % 4 == 0 or r in firsts.values()]
+    assert len(firsts) >= 12
+    alone = rfest.compute(net, (3, 48, 48), output=[r.name for r in chosen])
+    for record in chosen:
+        rf = alone[record.name]
+        got = (record.size, record.stride, record.padding, record.output_shape, record.grown)
+        assert got == (rf.size, rf.stride, rf.padding, rf.output_shape, rf.grown), record.name
+    # Worked by hand: stem k7/2 p3 then max pool k3/2 p1: 11/4/5; each bottleneck's 3x3
+    # adds 2 x its input jump (4, 4, 4, 8, 16): 19, 27, then 35 at jump 8, 51, 83.
+    assert result["maxpool"].size == (11, 11) and result["maxpool"].padding == (5, 5)
+    sizes = [result[n].size for n in ("layer1.0", "layer1.1", "layer2", "layer3", "layer4")]
+    assert sizes == [(19, 19), (27, 27), (35, 35), (51, 51), (83, 83)]
+    assert result["layer4"].stride == (32, 32)

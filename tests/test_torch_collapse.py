@@ -11,13 +11,15 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
-from torch import nn
 
-import rfest
-from rfest_torch._provider import TorchGradientProvider
-from torch_models import ResNet50
+torch = pytest.importorskip("torch")
+
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+import rfest  # noqa: E402
+from rfest_torch._provider import TorchGradientProvider  # noqa: E402
+from torch_models import ResNet50  # noqa: E402
 
 
 class Lambda(nn.Module):

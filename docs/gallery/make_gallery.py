@@ -7,6 +7,7 @@ stride 4, padding 0 on 96 x 96).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from rfest._report import report
 from rfest_torch.examples import receptivefield_readme_net
 
 HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE.parents[1] / "tests"))  # torch_models: a ResNet-50 in code
 SHAPE = (3, 96, 96)
 
 
@@ -68,6 +70,15 @@ def geometry() -> None:
     save(fig, "geometry.png")
 
 
+def resnet_growth() -> None:
+    """The growth plot of a torchvision-layout ResNet-50 at 224 px: 158 leaves."""
+    from torch_models import ResNet50
+
+    layers = report(ResNet50().eval(), (3, 224, 224), dtype="float32")
+    assert layers["layer4"].size == (427, 427)
+    save(plot_rf_growth(layers), "rf_growth_resnet50.png")
+
+
 def main() -> None:
     geometry()
     net = receptivefield_readme_net()
@@ -83,6 +94,7 @@ def main() -> None:
     save(plot_gradient_map(grad, rf=fields["feature_grid"], unit=(4, 10)), "gradient_only.png")
     layers = report(net, SHAPE, dtype="float32")
     save(plot_rf_growth(layers), "rf_growth.png")
+    resnet_growth()
     (HERE / "report.txt").write_text(layers.to_text() + "\n")
     print(f"wrote {HERE / 'report.txt'}")
     assert np.isfinite(grad).all()

@@ -72,6 +72,7 @@ class _Probe:
     units: tuple[int, ...]
     supports: tuple[Interval, ...]
     run: tuple[int, ...] = ()
+    dead_ends: tuple[bool, bool] = (False, False)  # unit 0, unit m - 1 see only padding
 
     @property
     def near(self) -> int:
@@ -79,14 +80,16 @@ class _Probe:
 
         Layers that drop border pixels ('valid' strided stems, cropping) can leave the ends
         of the input unreachable: a field running past them is clipped there, not at the
-        input's ends, so the borders that count are the reachable ones.
+        input's ends, so the borders that count are the reachable ones. An end unit that
+        sees only padding says nothing of the reach: the input's end is taken then (the
+        second-size check catches a field clipped short of it).
         """
-        return min(s.lo for s in self.supports)
+        return 0 if self.dead_ends[0] else min(s.lo for s in self.supports)
 
     @property
     def far(self) -> int:
         """Last input index any probed unit reaches."""
-        return max(s.hi for s in self.supports)
+        return self.n - 1 if self.dead_ends[1] else max(s.hi for s in self.supports)
 
     @property
     def gap(self) -> int:
@@ -447,6 +450,7 @@ def _measure_axis(
     stride: _Stride | None = None
     centre = m // 2
     cap = max(max_input_size, n0)
+    placed = misplaced = False  # the run placed on the first unit predicted inside; in vain
     while True:
         probe = _probe(provider, output_name, base, base_out, axis, n, m, centre)
         grow_to: int | None = None
@@ -466,7 +470,7 @@ def _measure_axis(
             if jump is not None and jump.is_global:
                 return AxisGeometry(None, None, None, True, jump.n)  # attention and the like
             if jump is None:
-                if _output_len(provider, output_name, base, axis, n + max(_FAR, 4 * cap)) == m:
+                if _far_output_len(provider, output_name, base, axis, n + max(_FAR, 4 * cap)) == m:
                     return AxisGeometry(None, None, None, True, n)  # global pooling and the like
                 if n >= cap and m > 1:
                     return AxisGeometry(None, None, None, True, n)  # squeeze-excite, attention
@@ -476,11 +480,14 @@ def _measure_axis(
             if fit is not None and fit.stride is not None:
                 stride = _Stride(fit.stride, fit.uniform)
                 if (n - n0) % fit.stride == 0:
-                    _check_growth(provider, output_name, base, axis, base_out[axis], fit)
-                    verdict = _second_size(provider, output_name, base, axis, n0, fit, cap)
-                    if isinstance(verdict, AxisGeometry):
-                        return verdict
-                    grow_to = verdict
+                    if _check_growth(provider, output_name, base, axis, base_out[axis], fit):
+                        verdict = _second_size(provider, output_name, base, axis, n0, fit, cap)
+                        if isinstance(verdict, AxisGeometry):
+                            return verdict
+                        grow_to = verdict
+                    else:
+                        stride, fit = None, None  # a stride the output length denies
+            misplaced = misplaced or (placed and fit is None)
         if n >= cap and grow_to is None:
             seen = (
                 "its single unit sees the whole input at every size up to"
@@ -497,7 +504,8 @@ def _measure_axis(
         else:
             n, inside = _next_size(probe, n0, stride, cap, fit)
         n, m = _runnable(provider, output_name, base, axis, n0, n, stride, cap)
-        centre = m // 2 if inside is None else min(inside, m - 1)
+        placed = inside is not None and not misplaced
+        centre = min(inside, m - 1) if inside is not None and placed else m // 2
 
 
 def _second_size(
@@ -515,7 +523,9 @@ def _second_size(
     layer whose outer taps land in an intermediate map's padding); every unit of the
     probe may be cut alike, so nothing in that probe shows it. At a size at least twice
     as large, with the middle unit clear of the borders by a whole field on each side,
-    such a cut field shows: the middle and end units must see what the fit predicts.
+    such a cut field shows: the middle unit, its neighbour (which pins the stride: a unit
+    that sees only folded or wrapped padding can line up with one real unit by chance)
+    and the end units must see what the fit predicts.
     A non-uniform fit is measured again there in full: cut and folded fields look
     non-uniform at one size and not at a larger one.
     """
@@ -540,7 +550,7 @@ def _second_size(
     middle = min(max(middle, 0), m2 - 1)
     spatial = _with(base, axis, n2)
     others = tuple(size // 2 for size in _output_shape(provider, spatial, output_name))
-    units_along = tuple(sorted({0, middle, m2 - 1}))
+    units_along = tuple(sorted({0, middle, min(middle + 1, m2 - 1), m2 - 1}))
     units = [_with(others, axis, i) for i in units_along]
     maps = _gradient_maps(provider, output_name, spatial, units)
     supports = axis_supports(maps, axis)
@@ -549,7 +559,7 @@ def _second_size(
         return n2
     probe = _Probe(n2, m2, tuple(i for i, _ in live), tuple(sup for _, sup in live), (middle,))
     start = middle * s - fit.padding
-    inside = probe.near <= start and start + fit.size - 1 <= probe.far
+    inside = probe.near <= start and start + s + fit.size - 1 <= probe.far
     if inside and _consistent(probe, s, fit.padding, fit.size):
         return fit
     return n2
@@ -578,7 +588,8 @@ def _probe(
     width = 2 * _RUN_HALF_WIDTH + 1
     start = min(max(0, centre - _RUN_HALF_WIDTH), max(0, m - width))
     run = tuple(i for i, _ in live if start <= i < start + width)
-    return _Probe(n, m, tuple(i for i, _ in live), tuple(sup for _, sup in live), run)
+    dead = (supports[0] is None, supports[-1] is None)
+    return _Probe(n, m, tuple(i for i, _ in live), tuple(sup for _, sup in live), run, dead)
 
 
 def _probe_units(m: int, centre: int) -> tuple[int, ...]:
@@ -788,13 +799,24 @@ def _check_growth(
     axis: int,
     m0: int,
     fit: AxisGeometry,
-) -> None:
-    """A uniform field must gain exactly one output unit per stride of input."""
+) -> bool:
+    """Whether a uniform field gains exactly one output unit per stride of input.
+
+    An output that does not grow at all (adaptive pooling) raises; one that grows at
+    another rate means the stride was misread (units that see only folded or wrapped
+    padding can line up with a wrong stride), and the probe must grow.
+    """
     if not fit.uniform or fit.stride is None:
-        return
+        return True
     n0 = base[axis]
-    m1 = _output_len(provider, output_name, base, axis, n0 + fit.stride)
-    if m1 != m0 + 1:
+    try:
+        m1 = _output_len(provider, output_name, base, axis, n0 + fit.stride)
+        if m1 == m0 + 1:
+            return True
+        far = _output_len(provider, output_name, base, axis, n0 + 16 * fit.stride)
+    except RFEstError:
+        return False
+    if far == m0:
         raise SizeDependentGeometryError(
             f"output {output_name!r} has {m0} units along axis {axis} at input size {n0} and "
             f"{m1} at size {n0 + fit.stride}; a stride of {fit.stride} means one more unit. "
@@ -802,6 +824,20 @@ def _check_growth(
             f"size?), so its units' fields depend on the input size. Measure an output "
             f"before that layer"
         )
+    return False
+
+
+def _far_output_len(
+    provider: GradientProvider, output_name: str, base: tuple[int, ...], axis: int, n: int
+) -> int | None:
+    """Output length at ``n`` or at one of the next sizes the model runs at (branches that
+    line up only at some sizes); None if none of them runs."""
+    for size in range(n, n + 8):
+        try:
+            return _output_len(provider, output_name, base, axis, size)
+        except RFEstError:
+            continue
+    return None
 
 
 def _output_len(

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from rfest._errors import RFEstError
 from rfest._support import Interval
 
 __all__ = ["GlobalJump", "jump_for_global"]
@@ -42,16 +43,19 @@ def jump_for_global(
 
     None when the output does not grow from ``n`` to ``next_n`` (the far shape pass
     decides). ``output_len(k)`` is the output length at input size ``k``;
-    ``supports(k, units)`` the supports of those units at that size.
+    ``supports(k, units)`` the supports of those of the units that have any gradient.
     """
     if n >= cap:  # whole at the cap: global whatever the far shape pass would say
         return GlobalJump(n, is_global=True) if m > 1 else None
-    if n == n0:  # grow once as before: a large local field (a deep CNN at 32 pixels) shows
-        grows = n < next_n and output_len(next_n) > m
-        return GlobalJump(n, is_global=False) if grows else None
-    if output_len(cap) <= m:
+    try:
+        if n == n0:  # grow once as before: a large local field (a deep CNN at 32 px) shows
+            grows = n < next_n and output_len(next_n) > m
+            return GlobalJump(n, is_global=False) if grows else None
+        if output_len(cap) <= m:
+            return None
+        return GlobalJump(cap, is_global=_ends_whole(cap, output_len, supports))
+    except RFEstError:  # a size the model does not take: the step-by-step path decides
         return None
-    return GlobalJump(cap, is_global=_ends_whole(cap, output_len, supports))
 
 
 def _ends_whole(
@@ -65,6 +69,8 @@ def _ends_whole(
     if units < 2:
         return False
     seen = supports(n, [0, units - 1])
+    if len(seen) != 2:
+        return False  # an end unit without gradient: not every unit sees everything
     near = min(s.lo for s in seen)
     far = max(s.hi for s in seen)
     return near == 0 and 4 * far >= 3 * (n - 1) and all((s.lo, s.hi) == (near, far) for s in seen)

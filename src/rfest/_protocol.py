@@ -43,6 +43,10 @@ class GradientProvider(Protocol):
     Optional: ``float32_scout`` (default True). When float64 is asked for, ``compute``
     also makes a float32 provider for the cheap thin probes and confirms its answers in
     float64; a backend for which a second provider costs more than it saves sets it False.
+    ``gradient_maps_many(spatial_shape, [(output_name, units), ...])``, one array per
+    request as ``gradient_maps`` gives it, lets `rfest.report` serve many layers' requests
+    in one pass (see ``rfest._batch``); ``execution_order()`` and ``inferred_input_shape``
+    are described in docs/plugins.md.
 
     Example:
         >>> import numpy as np

@@ -1,19 +1,25 @@
-"""Per-layer report: the receptive field of every layer of a model, in one pass per probe.
+"""Per-layer report: the receptive field of every layer of a model, at the cost of a few passes.
 
-The backend lists the layers (`rfest.LayerListingProvider`); one provider is built
-for all of them, so each probe size runs the model once for every layer's output shape.
-A layer whose output rfest cannot measure (not a tensor, never run, no spatial axes
-matching the input, a field that does not fit...) gets a record that says why; the
-report never stops at it.
+The backend lists the layers (`rfest.LayerListingProvider`); one provider is built for
+all of them, so each probe size runs the model once for every layer's output shape. When
+the provider can serve several outputs in one pass (``gradient_maps_many``), every
+layer's estimate runs at once and their gradient requests share forward and backward
+passes (:mod:`rfest._batch`); otherwise layers are measured one after another. Either
+way each layer is measured as `rfest.compute` measures it (thin float32 scout probes,
+confirmed in the asked dtype), with the same answers. A layer whose output rfest cannot
+measure (not a tensor, never run, no spatial axes matching the input, a field that does
+not fit...) gets a record that says why; the report never stops at it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from rfest._batch import MultiOutputGradientProvider, run_batched
 from rfest._errors import BackendError, InputShapeError, ModelCallError, RFEstError
 from rfest._estimate import estimate
 from rfest._options import DEFAULT_MAX_INPUT_SIZE, Dtype, ProbeOptions, check_outputs
@@ -24,7 +30,8 @@ from rfest._session import Session
 __all__ = ["LayerRecord", "LayerReport", "ProgressCallback", "report"]
 
 ProgressCallback = Callable[[int, int, str], None]
-"""Called as ``progress(done, total, layer_name)`` before each layer is measured."""
+"""Called as ``progress(done, total, layer_name)`` as the records complete, in report
+order (``layer_name`` is that of record ``done``), then ``progress(total, total, "")``."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,11 @@ class LayerRecord:
     uniform: bool = True
     grown: bool = False
     error: str | None = None
+    step: int | None = None
+    """Position of the layer's output in one forward pass (0 first), where the backend
+    says (``execution_order()``); None otherwise or when the layer did not run."""
+    leaf: bool = True
+    """False for a layer that holds other layers (a PyTorch container, a nested model)."""
 
     @property
     def status(self) -> str:
@@ -106,6 +118,8 @@ class LayerReport:
     records: tuple[LayerRecord, ...]
     input_shape: tuple[int, ...]
     backend: str | None = None
+    inferred_input_shape: tuple[int | None, ...] | None = None
+    """As `ReceptiveField.inferred_input_shape`: what rfest read from the model."""
 
     def __len__(self) -> int:
         return len(self.records)
@@ -128,6 +142,9 @@ class LayerReport:
         document = {
             "input_shape": list(self.input_shape),
             "backend": self.backend,
+            "inferred_input_shape": None
+            if self.inferred_input_shape is None
+            else list(self.inferred_input_shape),
             "layers": self.to_dicts(),
         }
         return json.dumps(document, **dumps_options)
@@ -217,22 +234,80 @@ def report(
     names = list(dict.fromkeys([layers] if isinstance(layers, str) else layers))
     if not names:
         raise InputShapeError("the model has no layers to report; pass layers=[...]")
-    types = _layer_types(model)
+    types = _layer_types(model, names)
     shared, failures = _shared_provider(build, names, base)
     shared_scout = scout(list(shared.output_names)) if shared is not None else None
-    records = []
-    for done, layer in enumerate(names):
-        if progress is not None:
-            progress(done, len(names), layer)
+    records: list[LayerRecord | None] = [None] * len(names)
+    reported = 0
+
+    def complete(index: int, record: LayerRecord) -> None:
+        nonlocal reported
+        records[index] = record
+        while reported < len(names) and records[reported] is not None:
+            if progress is not None:
+                progress(reported, len(names), names[reported])
+            reported += 1
+
+    measured = [k for k, layer in enumerate(names) if layer not in failures]
+    for k, layer in enumerate(names):
         if layer in failures:
-            records.append(LayerRecord(layer, type=types.get(layer), error=failures[layer]))
-            continue
-        records.append(
-            _measure(build, scout, shared, shared_scout, layer, types.get(layer), max_input_size)
-        )
+            complete(k, LayerRecord(layer, type=types.get(layer), error=failures[layer]))
+
+    def measure(k: int) -> Callable[[GradientProvider, GradientProvider | None], LayerRecord]:
+        def run(provider: GradientProvider, provider_scout: GradientProvider | None) -> LayerRecord:
+            return _measure(
+                build,
+                scout,
+                provider,
+                provider_scout,
+                names[k],
+                types.get(names[k]),
+                max_input_size,
+            )
+
+        return run
+
+    if isinstance(shared, MultiOutputGradientProvider) and (
+        shared_scout is None or isinstance(shared_scout, MultiOutputGradientProvider)
+    ):
+
+        def done(index: int, result: LayerRecord | BaseException) -> None:
+            if isinstance(result, BaseException):
+                raise result
+            complete(measured[index], result)
+
+        run_batched([measure(k) for k in measured], shared, shared_scout, on_done=done)
+    else:
+        for k in measured:
+            complete(k, measure(k)(shared, shared_scout))  # type: ignore[arg-type]
     if progress is not None:
         progress(len(names), len(names), "")
-    return LayerReport(tuple(records), input_shape=base, backend=name)
+    inferred = getattr(lister, "inferred_input_shape", None)
+    placed = _placed([r for r in records if r is not None], lister)
+    return LayerReport(
+        placed,
+        input_shape=base,
+        backend=name,
+        inferred_input_shape=None if inferred is None else tuple(inferred),
+    )
+
+
+def _placed(records: list[LayerRecord], lister: GradientProvider) -> tuple[LayerRecord, ...]:
+    """Records with their position in the forward pass and whether they hold other layers,
+    where the backend tells (an optional ``execution_order()`` of ``(name, is leaf)``)."""
+    order = getattr(lister, "execution_order", None)
+    if not callable(order):
+        return tuple(records)
+    try:
+        steps = {name: (step, leaf) for step, (name, leaf) in enumerate(order())}
+    except RFEstError:
+        return tuple(records)
+    return tuple(
+        dataclasses.replace(r, step=steps[r.name][0], leaf=steps[r.name][1])
+        if r.name in steps
+        else r
+        for r in records
+    )
 
 
 def _key(output: str | Sequence[str] | None) -> str | tuple[str, ...] | None:
@@ -294,8 +369,18 @@ def _shared_provider(
     return (build(good) if good else None), failures
 
 
-def _layer_types(model: Any) -> dict[str, str]:
-    """Class names of the model's layers, where the model lists them (duck-typed)."""
+def _layer_types(model: Any, names: Sequence[str]) -> dict[str, str]:
+    """Class names of the model's layers, where the model lists them (duck-typed); a call
+    ``name:k`` of a layer called several times has the type of ``name``."""
+    types = _declared_types(model)
+    for name in names:
+        layer, separator, call = name.rpartition(":")
+        if name not in types and separator and call.isdigit() and layer in types:
+            types[name] = types[layer]
+    return types
+
+
+def _declared_types(model: Any) -> dict[str, str]:
     named_modules = getattr(model, "named_modules", None)
     if callable(named_modules):
         try:

@@ -41,6 +41,9 @@ class ReceptiveField:
     uniform: bool = True
     probe_shape: tuple[int, ...] | None = None
     output: str | None = None
+    inferred_input_shape: tuple[int | None, ...] | None = None
+    """The whole ``input_shape`` (framework layout) rfest read from the model when none was
+    given, e.g. ``(3, None, None)`` from a first ``Conv2d(3, ...)``; None when it was given."""
 
     @property
     def ndim(self) -> int:

@@ -9,6 +9,7 @@ left free. Nothing here knows a framework.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -107,9 +108,16 @@ class Session:
         """The receptive field of every output of ``output``'s provider, by name."""
         provider = self.provider(output)
         scout = self.scout(output)
-        return {
+        results = {
             name: estimate(provider, name, max_input_size=self.options.max_input_size, scout=scout)
             for name in provider.output_names
+        }
+        inferred = getattr(provider, "inferred_input_shape", None)
+        if inferred is None:
+            return results
+        return {
+            name: dataclasses.replace(rf, inferred_input_shape=tuple(inferred))
+            for name, rf in results.items()
         }
 
     def gradient_map(self, output: str | None, unit: tuple[int, ...] | None) -> np.ndarray:

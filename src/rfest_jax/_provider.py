@@ -27,7 +27,6 @@ from rfest_jax._models import MODEL_KEY, Model, as_model
 
 __all__ = ["JaxGradientProvider", "provider"]
 
-_DTYPES = ("float32", "float64")
 _LISTING_SIZE = 32  # spatial size used to list names when the user left sizes free
 
 
@@ -98,8 +97,7 @@ class JaxGradientProvider:
         linearize: bool = True,
         call_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
-        if dtype not in _DTYPES:
-            raise InputShapeError(f"dtype={dtype!r} is not supported; use one of {_DTYPES}")
+        kit.check_dtype(dtype)
         self._dtype_name = dtype
         self._linearize = linearize
         self._channels, self._spatial = kit.split_input_shape(

@@ -29,7 +29,6 @@ from rfest_keras._rebuild import Built, build_copy, finish, is_graph_model, own
 __all__ = ["MODEL_OUTPUT", "KerasGradientProvider", "provider"]
 
 
-_DTYPES = ("float32", "float64")
 _lock = threading.RLock()
 
 
@@ -83,8 +82,7 @@ class KerasGradientProvider:
                 f"Keras runs on {keras.backend.backend()!r}, which has no gradients rfest can "
                 f"use; set KERAS_BACKEND to tensorflow, jax or torch before importing keras"
             )
-        if dtype not in _DTYPES:
-            raise InputShapeError(f"dtype={dtype!r} is not supported; use one of {_DTYPES}")
+        kit.check_dtype(dtype)
         self._dtype, self._linearize, self._narrow = dtype, linearize, narrow
         self._build_function: Callable[[tuple[int | None, ...]], Any] | None = None
         if isinstance(model, keras.Model):

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["ChannelCollapseMode", "is_collapsed", "single_channel"]
+__all__ = ["ChannelCollapseMode", "is_collapsed", "narrow_channel", "single_channel"]
 
 _Handler = Callable[..., Any]
 _CHANNEL = 1
@@ -75,6 +75,11 @@ def _narrow(x: torch.Tensor) -> torch.Tensor:
     """
     single = getattr(x, _SINGLE, None)
     return single if single is not None else x.narrow(_CHANNEL, 0, 1)
+
+
+def narrow_channel(x: torch.Tensor) -> torch.Tensor:
+    """The one stored channel ``(N, 1, *spatial)`` of a collapsed tensor, in its graph."""
+    return _narrow(x)
 
 
 def _narrow_at(x: torch.Tensor, dim: int) -> torch.Tensor:

@@ -26,11 +26,15 @@ from rfest import (
     ModelCallError,
     OptionError,
     OutputNotFoundError,
+    RFEstError,
     UnrecognizedModelError,
     kit,
 )
 from rfest.kit import MODEL_OUTPUT, TokenGrid
-from rfest_torch._collapse import ChannelCollapseMode
+from rfest_torch._calls import CALL_SEPARATOR, Target, call_names, check_calls, counting_calls
+from rfest_torch._calls import parse as parse_call
+from rfest_torch._collapse import ChannelCollapseMode, is_collapsed, narrow_channel
+from rfest_torch._input_shape import check_first_layer, resolve_input_shape
 from rfest_torch._linearize import EvalMode, LinearizedMode
 
 __all__ = ["TorchGradientProvider", "provider"]
@@ -67,8 +71,11 @@ class TorchGradientProvider:
 
     Args:
         model: any ``torch.nn.Module`` (a ``torch.compile`` wrapper is unwrapped).
-        input_shape: ``(C, *spatial)`` of one sample; spatial sizes may be None.
-        output: None (the model's output), a ``named_modules()`` name, or a list of names.
+        input_shape: ``(C, *spatial)`` of one sample; spatial sizes may be None. None:
+            read from the first convolution (see :mod:`rfest_torch._input_shape`).
+        output: None (the model's output), a ``named_modules()`` name, or a list of names;
+            ``"name:k"`` is call k of a module called several times
+            (see :mod:`rfest_torch._calls`).
         dtype: ``"float64"`` or ``"float32"``.
         linearize: see :func:`rfest.compute`.
         narrow: run the linearized pass on one channel wherever all channels agree (same
@@ -97,19 +104,22 @@ class TorchGradientProvider:
             )
         self._model: nn.Module = getattr(model, "_orig_mod", model)
         _check_single_input(self._model)
-        self._dtype = _DTYPES[dtype]
+        self._dtype = _DTYPES[kit.check_dtype(dtype)]
         self._linearize = linearize
         if not isinstance(narrow, bool):
             raise OptionError(f"narrow={narrow!r} must be True or False")
         # Linearized passes run channel-collapsed until the model does something a
         # collapsed tensor cannot (an in-place write, a view across channels).
         self._collapse = linearize and narrow
-        self._channels, self._spatial = kit.split_input_shape(
-            input_shape, "channels_first", framework="PyTorch"
-        )
+        self._input = resolve_input_shape(input_shape, self._model)
+        self._channels, self._spatial = self._input.channels, self._input.spatial
         self._modules = self._resolve_outputs(output)
         self._device = _device_of(self._model)
         self._shapes = kit.ShapeCache()
+        # Calls of every named module in one forward pass, counted in the first shape pass,
+        # and every call in the order it returned.
+        self._call_counts: dict[str, int] | None = None
+        self._call_order: list[tuple[str, int]] = []
         self._substitute_cache: dict[tuple[str, torch.dtype], dict[str, torch.Tensor]] = {}
         self._slot_cache: dict[str, list[tuple[nn.Module, str, str]]] = {}
         self._buffer_cache: dict[tuple[str, str, torch.dtype], tuple[torch.Tensor, int]] = {}
@@ -123,17 +133,55 @@ class TorchGradientProvider:
     def output_names(self) -> tuple[str, ...]:
         return tuple(self._modules)
 
+    @property
+    def inferred_input_shape(self) -> tuple[int | None, ...] | None:
+        """``(C, *spatial)`` read from the model's first convolution when no
+        ``input_shape`` was given (spatial sizes None); None when the user gave one."""
+        return self._input.full if self._input.inferred_from is not None else None
+
     def layer_names(self) -> tuple[str, ...]:
-        return tuple(name for name, _ in self._model.named_modules() if name)
+        """``named_modules()`` names; a module called k times gives ``name:1`` .. ``name:k``."""
+        counts = self._counted_calls()
+        return tuple(
+            call
+            for name, _ in self._model.named_modules()
+            if name
+            for call in call_names(name, counts.get(name, 1))
+        )
+
+    def execution_order(self) -> tuple[tuple[str, bool], ...]:
+        """``(layer name, is a leaf)`` of every call, in the order the calls return in one
+        forward pass (names as `layer_names` gives them; modules never run are absent)."""
+        counts = self._counted_calls()
+        modules = dict(self._model.named_modules())
+        return tuple(
+            (
+                call_names(name, counts[name])[k - 1],
+                next(iter(modules[name].children()), None) is None,
+            )
+            for name, k in self._call_order
+        )
+
+    def _counted_calls(self) -> dict[str, int]:
+        """Call counts of the modules, from one pass at the base size ({} if it fails)."""
+        if self._call_counts is None:
+            # Any size the model runs at counts the same calls; 32 is rfest's free size.
+            base = tuple(32 if n is None else int(n) for n in self._spatial)
+            try:
+                self.output_shapes(base)
+            except RFEstError:
+                return {}
+        return self._call_counts or {}
 
     def output_shapes(self, spatial_shape: tuple[int, ...]) -> Mapping[str, tuple[int, ...]]:
         spatial_shape = tuple(spatial_shape)
 
         def shapes() -> dict[str, tuple[int, ...]]:
             shape = (1, self._channels, *spatial_shape)
-            if math.prod(shape) <= _REAL_SHAPE_PASS_LIMIT:
+            outputs = self._census(shape) if self._call_counts is None else None
+            if outputs is None and math.prod(shape) <= _REAL_SHAPE_PASS_LIMIT:
                 outputs = self._shape_pass(shape, self._device)
-            else:
+            elif outputs is None:
                 try:
                     outputs = self._shape_pass(shape, "meta")
                 except ModelCallError:
@@ -152,17 +200,65 @@ class TorchGradientProvider:
         ``(N, C, *grid)`` (see `rfest.TokenGridProvider`); the model is not modified."""
         from rfest_torch._tokens import token_grid_model
 
-        ((name, module),) = self._modules.items()
+        ((name, target),) = self._modules.items()
+        module = None if target is None else target.module
         spatial = tuple(int(s) for s in self._spatial if s is not None)
         return token_grid_model(self._model, name, module, layout, spatial)
 
+    def _census(self, shape: tuple[int, ...]) -> dict[str, torch.Tensor] | None:
+        """Count every module's calls in one whole pass, and refuse names they make
+        ambiguous; the outputs of that pass, or None if the model raised on the way (the
+        calls counted until then are kept: the layers before a fixed-size head)."""
+        counts: dict[str, int] = {}
+        order: list[tuple[str, int]] = []
+        devices: list[torch.device | str] = [self._device]
+        if math.prod(shape) > _REAL_SHAPE_PASS_LIMIT:
+            devices.insert(0, "meta")
+        outputs: dict[str, torch.Tensor] | None = None
+        for device in devices:
+            try:
+                outputs = self._shape_pass(shape, device, counts, order)
+                break
+            except ModelCallError as exc:
+                if device == devices[-1] and self._input.inferred_from is not None:
+                    raise InputShapeError(
+                        f"input_shape was not given: rfest read {self._input.full} from "
+                        f"{self._input.inferred_from!r} and probed an input of shape "
+                        f"{shape[1:]}, on which the model fails ({exc}); pass "
+                        f"input_shape=(C, *spatial) with sizes the model takes"
+                    ) from exc
+        self._call_counts, self._call_order = counts, order
+        modules = dict(self._model.named_modules())
+        first_run = next(
+            (n for n in counts if any(True for _ in modules[n].parameters(recurse=False))),
+            None,
+        )
+        check_first_layer(self._input, first_run)
+        for name, target in self._modules.items():
+            if target is not None:
+                check_calls(name, target, counts.get(target.module_name, 0))
+        return outputs
+
     def _shape_pass(
-        self, shape: tuple[int, ...], device: torch.device | str
+        self,
+        shape: tuple[int, ...],
+        device: torch.device | str,
+        counts: dict[str, int] | None = None,
+        order: list[tuple[str, int]] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """A float32 forward without gradient (on 'meta': shapes only, no compute)."""
+        """A float32 forward without gradient (on 'meta': shapes only, no compute); with
+        ``counts``, runs the whole model and counts every module's calls into it."""
+
+        def forward(x: torch.Tensor) -> dict[str, torch.Tensor]:
+            if counts is not None:
+                counts.clear()  # a collapsed attempt that failed is retried plainly
+            if order is not None:
+                order.clear()
+            return self._forward(x, device, dtype=torch.float32, counts=counts, order=order)
+
         with torch.no_grad():
             return self._run(
-                lambda x: self._forward(x, device, dtype=torch.float32),
+                forward,
                 shape,
                 torch.float32,
                 device,
@@ -176,6 +272,8 @@ class TorchGradientProvider:
         units: Sequence[tuple[int, ...]],
     ) -> np.ndarray:
         shape = (len(units), self._channels, *spatial_shape)
+        if self._call_counts is None:
+            self.output_shapes(spatial_shape)  # counts calls: no ambiguous name is used
 
         def maps(x: torch.Tensor) -> np.ndarray:
             with torch.enable_grad():
@@ -192,6 +290,45 @@ class TorchGradientProvider:
             if grad is None:  # the output requires grad through parameters only
                 return np.zeros(shape[:1] + shape[2:])
             return grad.detach().abs().sum(dim=1).to("cpu", torch.float64).numpy()
+
+        return self._run(maps, shape, self._dtype, self._device, collapse=True, grad=True)
+
+    def gradient_maps_many(
+        self,
+        spatial_shape: tuple[int, ...],
+        requests: Sequence[tuple[str, Sequence[tuple[int, ...]]]],
+    ) -> list[np.ndarray]:
+        """``gradient_maps`` of several outputs in one forward and one backward pass.
+
+        Each request's units get their own rows of the batch, and each output its own
+        cotangent on its rows only, so no map mixes two outputs' gradients.
+        """
+        if self._call_counts is None:
+            self.output_shapes(spatial_shape)
+        counts = [len(units) for _, units in requests]
+        shape = (sum(counts), self._channels, *spatial_shape)
+        names = list(dict.fromkeys(name for name, _ in requests))
+
+        def maps(x: torch.Tensor) -> list[np.ndarray]:
+            with torch.enable_grad():
+                outputs = self._forward(x, self._device, only=names, shield=True)
+                total: torch.Tensor | None = None
+                row = 0
+                for name, units in requests:
+                    y = outputs[name]
+                    if y.requires_grad and units:
+                        term = _units_sum(y, range(row, row + len(units)), units)
+                        total = term if total is None else total + term
+                    row += len(units)
+                grads = (
+                    (None,) if total is None else torch.autograd.grad(total, x, allow_unused=True)
+                )
+            grad: torch.Tensor | None = grads[0]
+            if grad is None:
+                every = np.zeros(shape[:1] + shape[2:])
+            else:
+                every = grad.detach().abs().sum(dim=1).to("cpu", torch.float64).numpy()
+            return np.split(every, np.cumsum(counts)[:-1])
 
         return self._run(maps, shape, self._dtype, self._device, collapse=True, grad=True)
 
@@ -236,6 +373,8 @@ class TorchGradientProvider:
                 f"inputs of shape {tuple(x.shape)} do not match input_shape "
                 f"{(self._channels, *self._spatial)}; pass a batch (N, C, *spatial)"
             )
+        if self._call_counts is None:
+            self.output_shapes(tuple(int(n) for n in x.shape[2:]))
         x.requires_grad_(True)
         with torch.enable_grad():
             y = self._forward(x, self._device, only=output_name)[output_name]
@@ -260,17 +399,35 @@ class TorchGradientProvider:
         self,
         x: torch.Tensor,
         device: torch.device | str,
-        only: str | None = None,
+        only: str | Sequence[str] | None = None,
         dtype: torch.dtype | None = None,
+        counts: dict[str, int] | None = None,
+        shield: bool = False,
+        order: list[tuple[str, int]] | None = None,
     ) -> dict[str, torch.Tensor]:
-        wanted = {only: self._modules[only]} if only is not None else self._modules
+        if only is None:
+            wanted = self._modules
+        else:
+            wanted = {n: self._modules[n] for n in ([only] if isinstance(only, str) else only)}
         captured: dict[str, torch.Tensor] = {}
         with (
             _forward_lock,
             ExitStack() as stack,
             kit.model_errors(tuple(x.shape), "(batch, channels, *spatial)", _CALL_HINT),
         ):
-            stack.enter_context(self._capturing(wanted, captured))
+            stack.enter_context(
+                self._capturing(wanted, captured, stop_early=counts is None, shield=shield)
+            )
+            if counts is not None:
+                local = self._local
+                stack.enter_context(
+                    counting_calls(
+                        self._model,
+                        counts,
+                        lambda: getattr(local, "captured", None) is captured,
+                        [] if order is None else order,
+                    )
+                )
             try:
                 stack.enter_context(self._substituted(device, dtype or self._dtype))
                 stack.enter_context(LinearizedMode() if self._linearize else EvalMode())
@@ -288,15 +445,29 @@ class TorchGradientProvider:
 
     @contextmanager
     def _capturing(
-        self, wanted: Mapping[str, nn.Module | None], captured: dict[str, torch.Tensor]
+        self,
+        wanted: Mapping[str, Target | None],
+        captured: dict[str, torch.Tensor],
+        *,
+        stop_early: bool = True,
+        shield: bool = False,
     ) -> Iterator[None]:
+        """Hooks that capture each wanted call's output. With ``shield`` the model goes on
+        with a copy, so that a later in-place op (``out += identity``) cannot change what
+        was captured while the forward runs past it."""
         local = self._local
-        stop_early = all(module is not None for module in wanted.values())
+        stop_early = stop_early and all(target is not None for target in wanted.values())
 
-        def hook_for(name: str) -> Any:
-            def hook(module: nn.Module, args: Any, output: Any) -> None:
+        def hook_for(name: str, target: Target) -> Any:
+            calls = 0
+
+            def hook(module: nn.Module, args: Any, output: Any) -> Any:
+                nonlocal calls
                 if getattr(local, "captured", None) is not captured:
-                    return
+                    return None
+                calls += 1
+                if calls != target.index:
+                    return None
                 if not isinstance(output, torch.Tensor):
                     raise OutputNotFoundError(
                         f"module {name!r} returns a {type(output).__name__}, not a tensor; "
@@ -305,13 +476,14 @@ class TorchGradientProvider:
                 captured.setdefault(name, output)
                 if stop_early and len(captured) == len(wanted):
                     raise _AllCaptured
+                return output + 0 if shield else None
 
             return hook
 
         handles = [
-            module.register_forward_hook(hook_for(name))
-            for name, module in wanted.items()
-            if module is not None
+            target.module.register_forward_hook(hook_for(name, target))
+            for name, target in wanted.items()
+            if target is not None
         ]
         local.captured = captured
         try:
@@ -393,17 +565,50 @@ class TorchGradientProvider:
             substitutes[name] = value
         return substitutes
 
-    def _resolve_outputs(self, output: str | Sequence[str] | None) -> dict[str, nn.Module | None]:
+    def _resolve_outputs(self, output: str | Sequence[str] | None) -> dict[str, Target | None]:
         modules = dict(self._model.named_modules())
         listed = [name for name in modules if name]
+        asked = (
+            [output]
+            if isinstance(output, str)
+            else output
+            if isinstance(output, list | tuple)
+            else []
+        )
+        calls = [n for n in asked if isinstance(n, str) and parse_call(n, modules) is not None]
         resolved = kit.resolve_outputs(
             output,
-            listed,
+            [*listed, *(n for n in calls if n not in modules)],
             kind="module",
             naming=f" Names are those of model.named_modules(), e.g. "
-            f"{', '.join(repr(n) for n in listed[:3])}",
+            f"{', '.join(repr(n) for n in listed[:3])}; call k of a module called several "
+            f"times is 'name{CALL_SEPARATOR}k'",
         )
-        return {name: None if layer is None else modules[layer] for name, layer in resolved.items()}
+        return {
+            name: None if layer is None else parse_call(layer, modules)
+            for name, layer in resolved.items()
+        }
+
+
+def _units_sum(
+    y: torch.Tensor, rows: Sequence[int], units: Sequence[tuple[int, ...]]
+) -> torch.Tensor:
+    """The sum over channels of ``y[row, :, *unit]`` for each row and its unit.
+
+    Gathered rather than multiplied by a dense cotangent: a full-width cotangent per
+    output would cost a full-width backward pass for each of them. A collapsed output
+    is summed on its stored channel, times the width: the gradient is then exactly the
+    one of the sum over all its (equal) channels.
+    """
+    scale = 1
+    if is_collapsed(y):
+        scale, y = y.shape[1], narrow_channel(y)
+    index: tuple[Any, ...] = (
+        torch.tensor(list(rows), device=y.device),
+        slice(None),
+        *(torch.tensor([u[a] for u in units], device=y.device) for a in range(len(units[0]))),
+    )
+    return y[index].sum() * scale
 
 
 @contextmanager

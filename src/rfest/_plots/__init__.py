@@ -7,7 +7,7 @@ from rfest._plots._fields import (
     plot_gradient_map,
     plot_rf_grid,
     plot_rf_grids,
-    plot_rf_growth,
 )
+from rfest._plots._growth import plot_rf_growth
 
 __all__ = ["GRID_COLORS", "plot_gradient_map", "plot_rf_grid", "plot_rf_grids", "plot_rf_growth"]

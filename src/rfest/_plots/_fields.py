@@ -28,14 +28,12 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from rfest._report import LayerRecord, LayerReport
 
 __all__ = [
     "GRID_COLORS",
     "plot_gradient_map",
     "plot_rf_grid",
     "plot_rf_grids",
-    "plot_rf_growth",
 ]
 
 GRID_COLORS: Mapping[str, str] = {
@@ -193,67 +191,6 @@ def plot_rf_grids(
         _draw_grid(axes, rf, np.asarray(image))
         label = name if name is not None else f"output {k}"
         axes.set_title(f"{label}: {_grid_title(rf, short=True)}")
-    return fig
-
-
-def plot_rf_growth(
-    report: LayerReport | Sequence[LayerRecord],
-    *,
-    ax: Axes | None = None,
-    figsize: tuple[float, float] | None = None,
-    log: bool = False,
-) -> Figure:
-    """Receptive-field size (solid) and stride (dashed) per axis against layer depth.
-
-    Layers are in the report's order; global layers are marked at the top of the plot
-    and layers without a measurable field (see their ``error``) are left out. Each size
-    line is labelled ``"size, axis k"`` and its y-data are the records' sizes.
-
-    Args:
-        report: a `rfest.report` result, or its records.
-        log: logarithmic size axis.
-
-    Example:
-        >>> from rfest._report import LayerRecord
-        >>> records = [LayerRecord("conv", output_shape=(6,), size=(3,), stride=(1,),
-        ...                        padding=(0,), offset=(1.0,)),
-        ...            LayerRecord("pool", output_shape=(3,), size=(4,), stride=(2,),
-        ...                        padding=(0,), offset=(1.5,))]
-        >>> line = plot_rf_growth(records).axes[0].lines[0]
-        >>> line.get_label(), line.get_xdata().tolist(), line.get_ydata().tolist()
-        ('size, axis 0', [0, 1], [3, 4])
-    """
-    records = list(getattr(report, "records", report))
-    if not records:
-        raise ValueError("the report has no layers to draw")
-    fig, axes = _figure_and_axes(ax, figsize, (max(6.0, 0.25 * len(records) + 2.0), 4.5))
-    ndim = max((len(r.size) for r in records if r.size is not None), default=0)
-    for axis in range(ndim):
-        xs = [k for k, r in enumerate(records) if _axis_value(r.size, axis) is not None]
-        sizes = [_axis_value(records[k].size, axis) for k in xs]
-        strides = [_axis_value(records[k].stride, axis) for k in xs]
-        (line,) = axes.plot(xs, sizes, marker="o", markersize=3, label=f"size, axis {axis}")
-        axes.plot(xs, strides, linestyle="--", color=line.get_color(), label=f"stride, axis {axis}")
-    global_layers = [k for k, r in enumerate(records) if r.is_global]
-    if global_layers:
-        top = max([1, *(s for r in records if r.size for s in r.size if s is not None)])
-        axes.plot(
-            global_layers,
-            [top] * len(global_layers),
-            linestyle="none",
-            marker="^",
-            color="black",
-            label="global",
-        )
-    axes.set_xticks(range(len(records)))
-    axes.set_xticklabels([r.name for r in records], rotation=90, fontsize="x-small")
-    axes.set_xlabel("layer")
-    axes.set_ylabel("input pixels")
-    if log:
-        axes.set_yscale("log")
-    axes.grid(True, alpha=0.3)
-    axes.legend(fontsize="small")
-    axes.set_title("Receptive field growth")
     return fig
 
 

@@ -31,7 +31,7 @@ def split_input_shape(
         >>> split_input_shape((3, 0, 8), "channels_first", framework="PyTorch")
         Traceback (most recent call last):
         ...
-        rfest._errors.InputShapeError: input_shape=(3, 0, 8): spatial size 0 is not a ...
+        rfest._errors.InputShapeError: input_shape=(3, 0, 8): spatial size input_shape[1] = 0 ...
     """
     form, example = _FORM[layout], _EXAMPLE[layout]
     if input_shape is None:
@@ -46,18 +46,21 @@ def split_input_shape(
             f"input_shape={shape} has {len(shape)} axes; expected {form} with 1 to 3 "
             f"spatial axes, without the batch axis, e.g. {example}"
         )
-    channels = shape[0] if layout == "channels_first" else shape[-1]
-    spatial = shape[1:] if layout == "channels_first" else shape[:-1]
+    first = 1 if layout == "channels_first" else 0
+    channel_index = 0 if layout == "channels_first" else len(shape) - 1
+    channels = shape[channel_index]
+    spatial = shape[first : first + len(shape) - 1]
     if not _positive_int(channels):
         raise InputShapeError(
-            f"input_shape={shape}: the channel count {channels!r} must be a positive int "
-            f"({framework} layout is {form})"
+            f"input_shape={shape}: the channel count input_shape[{channel_index}] = "
+            f"{channels!r} must be a positive int ({framework} layout is {form})"
         )
-    for size in spatial:
+    for index, size in enumerate(spatial, start=first):
         if size is not None and not _positive_int(size):
             raise InputShapeError(
-                f"input_shape={shape}: spatial size {size!r} is not a positive integer; give "
-                f"each spatial size as an int >= 1, or None to let rfest choose"
+                f"input_shape={shape}: spatial size input_shape[{index}] = {size!r} is not a "
+                f"positive integer; give each spatial size as an int >= 1, or None to let "
+                f"rfest choose"
             )
     assert channels is not None
     return int(channels), tuple(None if s is None else int(s) for s in spatial)
