@@ -235,6 +235,50 @@ def case_conv3d_torch(repeat: int) -> dict[str, Any]:
     }
 
 
+def _vit_s16() -> Any:
+    """ViT-S/16-sized (width 384, 12 blocks, 6 heads, 16-pixel patches), with its tokens put
+    back on their 14 x 14 grid, the output a user measures."""
+    import torch
+    from torch import nn
+
+    class ViT(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Conv2d(3, 384, 16, stride=16)
+            self.blocks = nn.Sequential(
+                *(
+                    nn.TransformerEncoderLayer(384, 6, 1536, batch_first=True, norm_first=True)
+                    for _ in range(12)
+                )
+            )
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            t = self.embed(x)
+            n, c, h, w = t.shape
+            t = self.blocks(t.flatten(2).transpose(1, 2))
+            return t.transpose(1, 2).reshape(n, c, h, w)
+
+    torch.manual_seed(0)
+    return ViT().eval()
+
+
+def case_vit_s16_torch(repeat: int) -> dict[str, Any]:
+    import rfest
+
+    model = _vit_s16()
+    baseline = _torch_pass(model, (3, 224, 224))
+    baseline()
+    base = _median_time(baseline, repeat)
+    rf = rfest.compute(model, (3, 224, 224))
+    assert rf.is_global, rf  # every token attends to every patch
+    timed = _median_time(lambda: rfest.compute(model, (3, 224, 224)), repeat)
+    return {
+        "case": "ViT-S/16-sized (torch) 3x224x224 token grid -> global",
+        "baseline_s": base,
+        "rfest_s": timed,
+    }
+
+
 def _keras_case(
     build: Callable[[], Any],
     output: str,
@@ -465,6 +509,7 @@ CASES: dict[str, Callable[[int], dict[str, Any]]] = {
     "resnet50-report": case_resnet50_report,
     "resnet50-report-keras": case_resnet50_report_keras,
     "conv3d": case_conv3d_torch,
+    "vit-s16": case_vit_s16_torch,
     "inception-v3": case_inception_v3_keras,
     "densenet121": case_densenet121_keras,
     "resnet50-linen": case_resnet50_linen,

@@ -31,6 +31,7 @@ from rfest._errors import (
     RFEstError,
     SizeDependentGeometryError,
 )
+from rfest._global import jump_for_global
 from rfest._periodic import confirm_periodic, measure_periodic, summary, with_patterns
 from rfest._protocol import GradientProvider
 from rfest._result import PhasePattern, ReceptiveField
@@ -470,10 +471,24 @@ def _measure_axis(
         grow_to: int | None = None
         fit: AxisGeometry | None = None
         if probe.whole:
-            if _far_output_len(provider, output_name, base, axis, n + max(_FAR, 4 * cap)) == m:
-                return AxisGeometry(None, None, None, True, n)  # global pooling and the like
-            if n >= cap and m > 1:
-                return AxisGeometry(None, None, None, True, n)  # squeeze-excite, attention
+            jump = jump_for_global(
+                n0,
+                n,
+                m,
+                cap,
+                _next_size(probe, n0, stride, cap)[0],
+                lambda k: _output_len(provider, output_name, base, axis, k),
+                lambda k, ends: (
+                    _probe(provider, output_name, base, base_out, axis, k, 0, 0, ends).supports
+                ),
+            )
+            if jump is not None and jump.is_global:
+                return AxisGeometry(None, None, None, True, jump.n)  # attention and the like
+            if jump is None:
+                if _far_output_len(provider, output_name, base, axis, n + max(_FAR, 4 * cap)) == m:
+                    return AxisGeometry(None, None, None, True, n)  # global pooling and the like
+                if n >= cap and m > 1:
+                    return AxisGeometry(None, None, None, True, n)  # squeeze-excite, attention
         else:
             stride = _stride(probe) or stride
             fit = _fit(probe, stride)
@@ -586,9 +601,10 @@ def _probe(
     n: int,
     m: int,
     centre: int,
+    units_along: Sequence[int] = (),
 ) -> _Probe:
     spatial = _with(base, axis, n)
-    units_along = _probe_units(m, centre)
+    units_along = tuple(units_along) or _probe_units(m, centre)
     middle = tuple(size // 2 for size in base_out)
     units = [_with(middle, axis, i) for i in units_along]
     maps = _gradient_maps(provider, output_name, spatial, units)

@@ -458,12 +458,20 @@ def _sub(rules: _Rules, eqn: Any, invals: list[Value]) -> Value:
     return _add(rules, eqn, invals)
 
 
+def _rescaled(array: Any) -> Any:
+    """A product of two live factors over a constant ``max |product|`` (no gradient through
+    it): attention and chained gates would otherwise square magnitudes until they overflow
+    or underflow (rfest_torch._products explains)."""
+    peak = lax.stop_gradient(jnp.max(jnp.abs(array))) if jnp.size(array) else 1.0
+    return array / jnp.where(jnp.isfinite(peak) & (peak > 0), peak, 1.0)
+
+
 def _mul(rules: _Rules, eqn: Any, invals: list[Value]) -> Value:
     live = _live(invals)
     if len(live) == 1:
         return live[0]
     a, b = live
-    return Value(a.array * b.array, True, a.stat and b.stat)
+    return Value(_rescaled(a.array * b.array), True, a.stat and b.stat)
 
 
 def _div(rules: _Rules, eqn: Any, invals: list[Value]) -> Value:
@@ -650,6 +658,8 @@ def _dot(rules: _Rules, eqn: Any, invals: list[Value]) -> Value:
             fan_in = math.prod(shape[d] for d in contract)
             operands[k] = Value(_positive(operands[k], fan_in))
     (out,) = rules._bind(eqn, operands, live=True)
+    if all(v.live for v in invals):  # q @ k, attention @ v
+        return Value(_rescaled(out.array), True, out.stat)
     return out
 
 

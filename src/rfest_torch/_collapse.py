@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["ChannelCollapseMode", "is_collapsed", "narrow_channel"]
+__all__ = ["ChannelCollapseMode", "is_collapsed", "narrow_channel", "single_channel"]
 
 _Handler = Callable[..., Any]
 _CHANNEL = 1
@@ -38,6 +38,11 @@ def is_collapsed(x: Any) -> bool:
         and x.shape[_CHANNEL] > 1
         and x.stride(_CHANNEL) == 0
     )
+
+
+def single_channel(x: torch.Tensor) -> torch.Tensor:
+    """The one stored channel of a collapsed tensor (same values up to broadcasting), else x."""
+    return _narrow(x) if is_collapsed(x) else x
 
 
 def _constant(weight: Any) -> bool:

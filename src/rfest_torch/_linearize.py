@@ -5,7 +5,10 @@ calls, whether through ``nn.ReLU``, ``F.relu``, ``torch.relu_`` or ``x.relu()``,
 module is swapped and the model is not copied. The parameters are replaced separately
 (``torch.func.functional_call``), see :mod:`rfest_torch._provider`.
 
-- pointwise nonlinearities, softmax and normalisation act as identity;
+- pointwise nonlinearities and normalisation act as identity;
+- products of two input-dependent factors (gates, attention) are rescaled and softmax
+  acts through its support (:mod:`rfest_torch._products`); the Python composite
+  ``F.multi_head_attention_forward`` is run so that the mode sees its parts;
 - max pooling (also adaptive, also ``torch.max``/``amax`` reductions) acts as average
   pooling of the same window; elementwise ``maximum``/``minimum`` act as the mean;
 - dropout acts as identity (the real model's dropout is random).
@@ -21,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from rfest_torch._products import products_table, transparent
+
 __all__ = ["EvalMode", "LinearizedMode"]
 
 _Replacement = Callable[..., Any]
@@ -30,17 +35,17 @@ _IDENTITY = {
         "relu relu_ relu6 elu elu_ selu selu_ celu celu_ leaky_relu leaky_relu_ gelu silu "
         "mish hardswish hardsigmoid hardtanh hardtanh_ sigmoid tanh softplus softsign "
         "logsigmoid tanhshrink softshrink hardshrink threshold threshold_ rrelu rrelu_ "
-        "prelu softmax log_softmax softmin normalize batch_norm instance_norm layer_norm "
+        "prelu normalize batch_norm instance_norm layer_norm "
         "group_norm local_response_norm rms_norm"
     ),
     torch: (
         "relu relu_ sigmoid sigmoid_ tanh tanh_ clamp clamp_ clip clip_ clamp_min "
-        "clamp_min_ clamp_max clamp_max_ selu selu_ celu celu_ rrelu rrelu_ prelu softmax "
-        "log_softmax hardshrink batch_norm instance_norm layer_norm group_norm rms_norm"
+        "clamp_min_ clamp_max clamp_max_ selu selu_ celu celu_ rrelu rrelu_ prelu "
+        "hardshrink batch_norm instance_norm layer_norm group_norm rms_norm"
     ),
     torch.Tensor: (
         "relu relu_ sigmoid sigmoid_ tanh tanh_ clamp clamp_ clip clip_ clamp_min "
-        "clamp_min_ clamp_max clamp_max_ softmax log_softmax hardshrink"
+        "clamp_min_ clamp_max clamp_max_ hardshrink"
     ),
 }
 
@@ -198,6 +203,7 @@ def _linearized_table() -> dict[Any, _Replacement]:
             table[function] = _amax_as_mean(function)
         for name in ("maximum", "minimum", "fmax", "fmin"):
             table[getattr(owner, name)] = _pairwise_mean
+    table.update(products_table())
     return table
 
 
@@ -246,6 +252,22 @@ class LinearizedMode(_ReplacingMode):
     """Run a forward pass as its linearized counterpart (see module docstring)."""
 
     table: ClassVar[dict[Any, _Replacement]] = _linearized_table()
+    composites: ClassVar[dict[Any, _Replacement]] = {
+        F.multi_head_attention_forward: transparent(F.multi_head_attention_forward)
+    }
+
+    def __torch_function__(
+        self,
+        func: Any,
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        composite = self.composites.get(func)
+        if composite is None:
+            return super().__torch_function__(func, types, args, kwargs)
+        with self:  # the mode is off while it handles a call: back on for the parts
+            return composite(*args, **(kwargs or {}))
 
 
 class EvalMode(_ReplacingMode):
