@@ -222,7 +222,7 @@ def test_a_scout_that_hides_gradient_is_overruled(value: float) -> None:
     assert (rf.size, rf.stride, rf.padding) == ((9, 5), (2, 1), (4, 2))
     if value == 1.0:  # a consistent but wrong scout answer is caught by the confirmation:
         # the joint probe, then one probe per axis, then both axes measured in full (a
-        # probe and a check at a second size, here the floor of 256, each)
+        # probe and a check at a second size, here the floor of 1024, each)
         assert [count for _, count in precise.calls[:3]] == [1, 1, 1]
         assert [count for _, count in precise.calls[3:]] == [9, 4, 9, 4]
 
@@ -237,7 +237,10 @@ def test_a_scout_wrong_along_one_axis_costs_a_full_measurement_of_that_axis_only
     assert (rf.size, rf.stride, rf.padding) == ((9, 5), (2, 1), (4, 2))
     # joint probe (axis 0 fails), one probe per axis (axis 1 holds), axis 0 in full
     assert [count for _, count in precise.calls[:3]] == [1, 1, 1]
-    assert [(shape, count) for shape, count in precise.calls[3:]] == [((40, 40), 9), ((256, 40), 4)]
+    assert [(shape, count) for shape, count in precise.calls[3:]] == [
+        ((40, 40), 9),
+        ((1024, 40), 4),
+    ]
 
 
 def test_a_right_scout_is_confirmed_with_one_full_probe() -> None:

@@ -223,3 +223,21 @@ def test_dilated_taps_cut_alike_at_the_size_given_and_at_twice_it(n: int) -> Non
     # taps jump 8 pool units (32 pixels): every unit is cut to its own block at n and 2n.
     net = Net(1, (n,), (Pool("avg", (4,), (4,), (0,)), Conv((3,), (1,), (8,), ((8, 8),))))
     _brute_force_and_torch(net)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("n", [299, 300, 333])
+def test_dilated_taps_past_a_whole_intermediate_map_and_growth_that_lands_off_residue(
+    n: int,
+) -> None:
+    nn = pytest.importorskip("torch.nn")
+    # 5 x (k3 s2 p1): r 1 + 2 * (1 + 2 + 4 + 8 + 16) = 63, j 32, padding 31. Then
+    # 3 x (k3 d16 p16) at jump 32: r += 3 * 2 * 16 * 32 = 3072 -> 3135, padding += 3 * 16 *
+    # 32 -> 1567. At n < 512 the intermediate map has fewer than 16 entries, so every
+    # dilated tap but the middle one reads padding: the field looks like 63 at n and at 2n.
+    # Growth by 4 from 299 lands at the cap 4096, off the user's residue modulo 32.
+    layers = [nn.Conv1d(1, 1, 3, stride=2, padding=1) for _ in range(5)]
+    layers += [nn.Conv1d(1, 1, 3, dilation=16, padding=16) for _ in range(3)]
+    rf = rfest.compute(nn.Sequential(*layers), (1, n))
+    assert geometry(rf) == ((3135,), (32,), (1567,), True)
+    assert (rf.probe_shape[0] - n) % 32 == 0

@@ -53,8 +53,9 @@ _THIN_SIZE = 16  # size of the other axes while one axis is measured (then confi
 _RUN_HALF_WIDTH = 2  # a run of 5 neighbours: four steps see any phase pattern of period <= 4
 # The second-size check (a 4-unit probe, thin in the other axes) runs at no less than this:
 # cheap for small fields, it catches dilated taps cut in intermediate padding that jump
-# further than twice the probe size (a field cut alike at both sizes).
-_SECOND_SIZE_FLOOR = 256
+# further than twice the probe size (a field cut alike at both sizes): a dilated layer
+# whose taps reach past a whole small intermediate map, e.g. dilation 16 after stride 32.
+_SECOND_SIZE_FLOOR = 1024
 
 
 @dataclass(frozen=True)
@@ -465,6 +466,7 @@ def _measure_axis(
     centre = m // 2
     cap = max(max_input_size, n0)
     periodic_tried = False
+    realigned = False  # went back from the cap to a size that keeps the user's residue
     placed = misplaced = False  # the run placed on the first unit predicted inside; in vain
     while True:
         probe = _probe(provider, output_name, base, base_out, axis, n, m, centre)
@@ -510,6 +512,9 @@ def _measure_axis(
                     else:
                         stride, fit = None, None  # a stride the output length denies
             misplaced = misplaced or (placed and fit is None)
+        if n >= cap and grow_to is None and not realigned:
+            grow_to = _aligned_below_cap(n0, n, cap, fit)
+            realigned = grow_to is not None
         if n >= cap and grow_to is None:
             seen = (
                 "its single unit sees the whole input at every size up to"
@@ -528,6 +533,16 @@ def _measure_axis(
         n, m = _runnable(provider, output_name, base, axis, n0, n, stride, cap)
         placed = inside is not None and not misplaced
         centre = min(inside, m - 1) if inside is not None and placed else m // 2
+
+
+def _aligned_below_cap(n0: int, n: int, cap: int, fit: AxisGeometry | None) -> int | None:
+    """The largest size up to the cap that keeps the user's size modulo a uniform fit's
+    stride, when the probe at the cap (``n``) does not: growth that doubled while the
+    stride was unknown can land there, and a fit is only accepted at such sizes."""
+    if fit is None or not fit.uniform or fit.stride is None or (n - n0) % fit.stride == 0:
+        return None
+    aligned = n0 + ((cap - n0) // fit.stride) * fit.stride
+    return aligned if n0 < aligned < n else None
 
 
 def _second_size(
