@@ -121,16 +121,20 @@ def skip_without_input_gradients(name: str, model: Any, shape: tuple[int, ...]) 
     assert isinstance(provider, InputGradientProvider), name
 
 
-def check_closed_form(erf: EffectiveField, rows: int, cols: int) -> None:
+def check_closed_form(erf: EffectiveField, rows: int, cols: int, tolerance: float = 1e-9) -> None:
     """29 x 35 input, centre unit (14, 17), ``rows`` / ``cols`` 3-tap kernels per axis."""
-    assert erf.center_of_mass == pytest.approx((14.0, 17.0), abs=1e-9)
-    assert erf.sigma == pytest.approx((math.sqrt(2 * rows / 3), math.sqrt(2 * cols / 3)), abs=1e-9)
+    assert erf.center_of_mass == pytest.approx((14.0, 17.0), abs=tolerance)
+    sigma = (math.sqrt(2 * rows / 3), math.sqrt(2 * cols / 3))
+    assert erf.sigma == pytest.approx(sigma, abs=tolerance)
     expected = np.zeros((29, 35))
     expected[14 - rows : 15 + rows, 17 - cols : 18 + cols] = np.outer(
         trinomial(rows), trinomial(cols)
     )
     np.testing.assert_allclose(
-        erf.heatmap / erf.heatmap.sum(), expected / expected.sum(), rtol=1e-12, atol=1e-15
+        erf.heatmap / erf.heatmap.sum(),
+        expected / expected.sum(),
+        rtol=1e-12 if tolerance <= 1e-9 else 1e-6,
+        atol=1e-15 if tolerance <= 1e-9 else 1e-9,
     )
     assert erf.extent[0.9] == (
         fewest_holding(trinomial(rows), Fraction("0.9")),
@@ -167,7 +171,9 @@ def test_keras_stacked_uniform_convolutions(n: int, m: int) -> None:
     model = build()
     skip_without_input_gradients("keras", model, shape)
     erf = effective(model, shape, backend="keras", num_images=4, batch_size=2, theoretical=False)
-    check_closed_form(erf, n + m, n)
+    # Keras runs the user's model as it is, in its own float32 compute dtype: the moments
+    # agree to float32 accuracy (observed 7e-9), not to float64's.
+    check_closed_form(erf, n + m, n, tolerance=1e-7)
 
 
 @pytest.mark.jax

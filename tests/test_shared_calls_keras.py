@@ -2,8 +2,7 @@
 
 Functional model: ``shared`` (Conv2D k3) on the input, max pool 2, ``shared`` again. By
 hand per axis: call 1 r3 j1; pool r4 j2; call 2 r4 + 2 * 2 = 8, j2; valid: padding 0.
-The Keras provider does not name calls yet (its rework is issue 13's): the strict xfail
-below turns into a failure, to be flipped, once it does.
+The Keras provider names each call of a shared layer as the kit does (``name:k``).
 """
 
 from __future__ import annotations
@@ -33,11 +32,6 @@ def test_the_model_output_is_the_second_call() -> None:
     assert (rf.size, rf.stride, rf.padding) == ((8, 8), (2, 2), (0, 0))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the Keras provider resolves a shared layer's name to its first call; it should "
-    "name calls 'shared:1', 'shared:2' and refuse the bare name (see docs/report.md)",
-)
 def test_the_bare_name_of_a_shared_layer_is_refused_and_each_call_is_named() -> None:
     with pytest.raises(rfest.OutputNotFoundError, match="'shared:1', 'shared:2'"):
         rfest.compute(shared_twice(), output="shared")

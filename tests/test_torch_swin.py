@@ -149,18 +149,9 @@ def brute_force_widest(model: nn.Module, output: str, n: int) -> tuple[int, int]
     return widest[0], widest[1]
 
 
-STAGE_2_ESTIMATOR = pytest.mark.xfail(
-    strict=True,
-    raises=(rfest.SizeDependentGeometryError, rfest.ProbeSizeError),
-    reason="the estimator does not settle a periodic (windowed) field at stage 2: it reads "
-    "probed units in neighbouring windows as one uniform stride, then refuses the growth "
-    "or grows to the cap; periodic fields need the per-phase description (issue 17)",
-)
-
-
 @pytest.mark.parametrize(
     "output",
-    [*BLOCKS[:2], *(pytest.param(b, marks=STAGE_2_ESTIMATOR) for b in BLOCKS[2:])],
+    list(BLOCKS),
 )
 def test_windowed_attention_is_bounded_periodic_and_exact(output: str) -> None:
     truth = brute_force_widest(TinySwin(), output, 160)

@@ -185,7 +185,7 @@ class JaxGradientProvider:
     def _compiled(self, trace: _Trace, name: str, x: Any, cotangents: np.ndarray) -> Any:
         """``maps(params, x, cotangents)``, compiled once per input shape, output and batch."""
         key = (
-            name,
+            self._key(name),  # a layer named "output" is not the model's output
             tuple(x.shape),
             cotangents.shape[0],
             self._dtype_name,
