@@ -43,6 +43,7 @@ if importlib.util.find_spec("keras") is None:
         "src/rfest_keras/*",
         "src/rfest/compat/keras.py",
         "tests/keras_models.py",
+        "tests/keras_recurrence.py",
     ]
 if importlib.util.find_spec("jax") is None or importlib.util.find_spec("flax") is None:
     collect_ignore_glob += ["src/rfest_jax/*", "tests/flax_models.py"]
