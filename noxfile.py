@@ -63,9 +63,19 @@ def tests_keras(session: nox.Session) -> None:
 @nox.session
 def keras_applications(session: nox.Session) -> None:
     """Every keras.applications model against layer recurrences (the full sweep)."""
-    session.install(*CONSTRAINTS, "-e", ".[all]", "--group", "test", "--group", "tensorflow")
+    _install(session, "-e", ".[all]", "--group", "test", "--group", "tensorflow")
     session.env["RFEST_KERAS_APPLICATIONS"] = "all"
     session.run("python", "-m", "pytest", "tests/test_keras_applications.py", *session.posargs)
+
+
+@nox.session
+def keras_backends_slow(session: nox.Session) -> None:
+    """The Keras network tests on Keras-on-JAX (eager JAX: about 10 minutes on 2 cores)."""
+    _install(session, "-e", ".[all]", "--group", "test", "--group", "tensorflow")
+    session.env["RFEST_KERAS_SLOW_BACKENDS"] = "1"
+    session.run(
+        "python", "-m", "pytest", "tests/test_keras_backends.py", "-k", "jax", *session.posargs
+    )
 
 
 @nox.session
