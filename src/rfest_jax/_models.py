@@ -57,7 +57,12 @@ class Model:
 
 
 def as_model(model: Any, call_kwargs: Mapping[str, Any]) -> Model:
-    """Recognise ``model`` as a plain function, a Linen pair or an NNX module."""
+    """Recognise ``model`` as a plain function, a Linen pair or an NNX module.
+
+    A :class:`Model` is taken as it is: another backend (Keras on JAX) built it.
+    """
+    if isinstance(model, Model):
+        return model
     linen = sys.modules.get("flax.linen")
     nnx = sys.modules.get("flax.nnx")
     if (

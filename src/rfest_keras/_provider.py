@@ -48,9 +48,18 @@ _lock = threading.RLock()
 _copy_refused: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
 
 
-def provider(model: Any, **options: Any) -> KerasGradientProvider:
-    """Entry-point factory of the ``keras`` backend (see :class:`KerasGradientProvider`)."""
-    return KerasGradientProvider(model, **options)
+def provider(model: Any, **options: Any) -> Any:
+    """Entry-point factory of the ``keras`` backend (see :class:`KerasGradientProvider`).
+
+    The framework under Keras decides how a built model is measured: on JAX through a
+    jaxpr of the model (:mod:`rfest_keras._on_jax`), elsewhere by the routes below.
+    """
+    measured = KerasGradientProvider(model, **options)
+    if keras.backend.backend() == "jax" and measured._model.built:
+        from rfest_keras._on_jax import KerasOnJax
+
+        return KerasOnJax(measured)
+    return measured
 
 
 class KerasGradientProvider:
