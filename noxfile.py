@@ -69,16 +69,6 @@ def keras_applications(session: nox.Session) -> None:
 
 
 @nox.session
-def keras_backends_slow(session: nox.Session) -> None:
-    """The Keras network tests on Keras-on-JAX (eager JAX: about 10 minutes on 2 cores)."""
-    _install(session, "-e", ".[all]", "--group", "test", "--group", "tensorflow")
-    session.env["RFEST_KERAS_SLOW_BACKENDS"] = "1"
-    session.run(
-        "python", "-m", "pytest", "tests/test_keras_backends.py", "-k", "jax", *session.posargs
-    )
-
-
-@nox.session
 def tests_jax(session: nox.Session) -> None:
     """The JAX / Flax backend and the cross-framework parity suite (which needs torch)."""
     _install(session, "-e", ".[torch,jax]", "--group", "test")

@@ -503,6 +503,66 @@ def case_keras_application(name: str, repeat: int) -> dict[str, Any]:
     }
 
 
+def case_keras_on_backend(backend: str, name: str, repeat: int) -> dict[str, Any]:
+    """``keras.applications.<name>`` on KERAS_BACKEND=jax or =torch: rfest (first call in
+    a fresh process, and a repeat on the same model) against that framework's float32
+    forward+backward (JAX: jitted, first call with its compilation and steady state)."""
+    import keras
+    import numpy as np
+
+    import rfest
+    from keras_recurrence import DEFAULT_SIZE, MAX_INPUT_SIZE, field_of
+
+    assert keras.backend.backend() == backend, keras.backend.backend()
+    size = DEFAULT_SIZE[name]
+    model = getattr(keras.applications, name)(
+        weights=None, include_top=False, input_shape=(size, size, 3)
+    )
+    x = np.ones((1, size, size, 3), "float32")
+    if backend == "jax":
+        import jax
+
+        trainable = [v.value for v in model.trainable_variables]
+        frozen = [v.value for v in model.non_trainable_variables]
+
+        def total(x: Any) -> Any:
+            return model.stateless_call(trainable, frozen, x, training=False)[0].sum()
+
+        grad = jax.jit(jax.grad(total))
+
+        def forward_backward() -> None:
+            jax.block_until_ready(grad(x))
+
+    else:
+        import torch
+
+        def forward_backward() -> None:
+            tensor = torch.ones((1, size, size, 3), requires_grad=True)
+            model(tensor, training=False).sum().backward()
+
+    start = time.perf_counter()
+    forward_backward()
+    first_pass = time.perf_counter() - start
+    base = _median_time(forward_backward, repeat)
+    expected = field_of(model, (size, size))
+    cap = MAX_INPUT_SIZE.get(name, 4096)
+    start = time.perf_counter()
+    rf = rfest.compute(model, max_input_size=cap)
+    first = time.perf_counter() - start
+    got = None if rf.is_global else (rf.size, rf.stride, rf.padding)
+    assert got == expected, (got, expected)
+    again = _median_time(lambda: rfest.compute(model, max_input_size=cap), max(1, repeat - 1))
+    field = "global" if expected is None else f"{expected[0][0]}/{expected[1][0]}/{expected[2][0]}"
+    return {
+        "case": f"{name} (keras/{backend}) {size}x{size} -> {field}",
+        "baseline_s": base,
+        "rfest_s": first,
+        "rfest_first_call_s": first,
+        "baseline_first_call_s": first_pass,
+        "rfest_again_s": again,
+    }
+
+
 CASES: dict[str, Callable[[int], dict[str, Any]]] = {
     "resnet50": case_resnet50_torch,
     "resnet50-blocks": case_resnet50_all_blocks,
@@ -522,6 +582,15 @@ CASES: dict[str, Callable[[int], dict[str, Any]]] = {
 KERAS_APPLICATIONS = "keras-applications"
 """Case group: every keras.applications model (``keras:<Name>`` runs one)."""
 
+KERAS_BACKENDS = ("keras-jax:ResNet50", "keras-torch:ResNet50")
+"""Cases (not run by default): an application on the JAX and torch Keras backends
+(``keras-jax:<Name>``, ``keras-torch:<Name>``)."""
+
+
+def _keras_backend(name: str) -> str:
+    prefix = name.partition(":")[0]
+    return prefix.removeprefix("keras-") if prefix in ("keras-jax", "keras-torch") else "tensorflow"
+
 
 def _expand(names: list[str]) -> list[str]:
     out = []
@@ -538,6 +607,8 @@ def _expand(names: list[str]) -> list[str]:
 def _child(name: str, repeat: int) -> None:
     if name.startswith("keras:"):
         result = case_keras_application(name.partition(":")[2], repeat)
+    elif _keras_backend(name) != "tensorflow":
+        result = case_keras_on_backend(_keras_backend(name), name.partition(":")[2], repeat)
     else:
         result = CASES[name](repeat)
     result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
@@ -551,7 +622,8 @@ def main() -> None:
         nargs="*",
         default=list(CASES),
         help=f"any of {list(CASES)}, {KERAS_APPLICATIONS!r} (the Keras catalogue table: "
-        f"every application, one process each) or 'keras:<Application>'",
+        f"every application, one process each), 'keras:<Application>', or "
+        f"'keras-jax:<Application>' / 'keras-torch:<Application>' (e.g. {KERAS_BACKENDS})",
     )
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -568,7 +640,7 @@ def main() -> None:
             env=os.environ
             | {
                 "PYTHONWARNINGS": "ignore",
-                "KERAS_BACKEND": "tensorflow",
+                "KERAS_BACKEND": _keras_backend(name),
                 "TF_ENABLE_ONEDNN_OPTS": "0",
             },
         )
@@ -579,7 +651,14 @@ def main() -> None:
         ratio = r["rfest_s"] / r["baseline_s"]
         times = f"{r['rfest_s']:8.2f} {r['baseline_s']:8.2f} {ratio:6.1f}"
         print(f"{r['case']:70} {times} {r['peak_rss_gib']:8.2f}")
-        extras = ("rfest_f32_s", "rfest_first_call_s", "square_512_s", "rebuild_s", "per_layer_s")
+        extras = (
+            "rfest_f32_s",
+            "rfest_first_call_s",
+            "rfest_again_s",
+            "square_512_s",
+            "rebuild_s",
+            "per_layer_s",
+        )
         if "baseline_first_call_s" in r:
             first = r["rfest_first_call_s"] / r["baseline_first_call_s"]
             print(

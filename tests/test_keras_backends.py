@@ -16,14 +16,12 @@ import pytest
 
 pytestmark = pytest.mark.keras
 
-# Each group runs in its own process, inside its own time limit (eager JAX compiles
-# every operation at every probe size, so a JAX run is slow).
+# Each group runs in its own process, inside its own time limit.
 GROUPS = {
     "networks": ("test_keras_networks.py", "test_keras_safety.py"),
     "models": ("test_keras_models.py", "test_keras_compat.py"),
+    "backbones": ("test_keras_backbones.py",),
 }
-# Run only with RFEST_KERAS_SLOW_BACKENDS=1 (``nox -s keras_backends_slow``): too slow for CI.
-SLOW = {("jax", "networks")}
 HERE = Path(__file__).parent
 
 
@@ -34,11 +32,6 @@ HERE = Path(__file__).parent
 def test_keras_tests_pass_on_backend(backend: str, group: str) -> None:
     if importlib.util.find_spec(backend) is None:
         pytest.skip(f"{backend} is not installed")
-    if (backend, group) in SLOW and not os.environ.get("RFEST_KERAS_SLOW_BACKENDS"):
-        pytest.skip(
-            f"the {group} group on Keras-on-{backend} runs past 9 minutes on 2 cores (eager "
-            f"JAX compiles every operation at every probe size): nox -s keras_backends_slow"
-        )
     env = {**os.environ, "KERAS_BACKEND": backend, "RFEST_KERAS_CHILD": "1"}
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x"]
     result = subprocess.run(

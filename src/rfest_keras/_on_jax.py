@@ -164,6 +164,12 @@ class KerasOnJax:
         """The traced program's name of output ``name``: Keras' errors where it has none."""
         layer = self._keras._layers_of.get(name, name)
         if layer is None:
+            outputs = getattr(self._model, "outputs", None) if _is_graph(self._model) else None
+            if outputs is not None and len(outputs) != 1:
+                raise OutputNotFoundError(
+                    f"the model has {len(outputs)} outputs; name the layer whose output you "
+                    f"want with output='...'"
+                )
             return MODEL_KEY
         names = layer_calls(self._model)
         split = kit.split_call(layer, set(names))

@@ -1,0 +1,48 @@
+"""Applications as users hold them, exact against layer recurrences, on every Keras backend.
+
+``tests/test_keras_backends.py`` reruns this module with KERAS_BACKEND=jax and =torch
+(each backend measures its own way: see docs/keras.md). Expected fields come from
+``tests/keras_recurrence.py`` (graph walk with layer recurrences, nothing from rfest);
+each model is left bit-identical.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # see test_keras_networks.py
+keras = pytest.importorskip("keras")
+
+from keras import layers as L  # noqa: E402
+
+import rfest  # noqa: E402
+from keras_models import assert_untouched, state  # noqa: E402
+from keras_recurrence import field_of  # noqa: E402
+
+pytestmark = pytest.mark.keras
+
+
+def geometry(rf: rfest.ReceptiveField) -> tuple[object, object, object]:
+    return rf.size, rf.stride, rf.padding
+
+
+def test_mobilenet_v2_backbone_with_fixed_input_size() -> None:
+    # Transfer learning: MobileNetV2 built for 96x96, nested in a functional model with
+    # a new head. Its last feature map's field (491 at stride 32) is far larger than 96,
+    # so the probe grows past the size the backbone was built for.
+    base = keras.applications.MobileNetV2(
+        weights=None, include_top=False, input_shape=(96, 96, 3), alpha=0.35
+    )
+    expected = field_of(base, (96, 96), "out_relu")
+    assert expected is not None
+    x = inputs = keras.Input((96, 96, 3))
+    x = L.GlobalAveragePooling2D()(base(x))
+    model = keras.Model(inputs, L.Dense(2, name="logits")(x))
+    before = state(model)
+    rfs = rfest.compute(model, output=["out_relu", "block_6_project"])
+    assert geometry(rfs["out_relu"]) == expected and rfs["out_relu"].grown
+    assert geometry(rfs["block_6_project"]) == field_of(base, (96, 96), "block_6_project")
+    assert rfest.compute(model).is_global
+    assert_untouched(before, model)
