@@ -18,8 +18,9 @@ keras = pytest.importorskip("keras")
 from keras import layers as L  # noqa: E402
 
 import rfest  # noqa: E402
-from keras_models import assert_untouched, state  # noqa: E402
+from keras_models import assert_untouched, receptivefield_readme_net, state  # noqa: E402
 from keras_recurrence import field_of  # noqa: E402
+from rfest_keras import provider  # noqa: E402
 
 pytestmark = pytest.mark.keras
 
@@ -45,4 +46,16 @@ def test_mobilenet_v2_backbone_with_fixed_input_size() -> None:
     assert geometry(rfs["out_relu"]) == expected and rfs["out_relu"].grown
     assert geometry(rfs["block_6_project"]) == field_of(base, (96, 96), "block_6_project")
     assert rfest.compute(model).is_global
+    assert_untouched(before, model)
+
+
+def test_the_framework_under_keras_chooses_the_route() -> None:
+    # On JAX the model is measured through its jaxpr (rfest_keras._on_jax); elsewhere by
+    # the TensorFlow/PyTorch routes. Either way the README network is 34 / 4 / 0.
+    model = receptivefield_readme_net()
+    before = state(model)
+    chosen = type(provider(model, output="feature_grid")).__name__
+    assert chosen == ("KerasOnJax" if keras.backend.backend() == "jax" else "KerasGradientProvider")
+    rf = rfest.compute(model, output="feature_grid")
+    assert geometry(rf) == ((34, 34), (4, 4), (0, 0))
     assert_untouched(before, model)

@@ -16,9 +16,23 @@ import pytest
 
 pytestmark = pytest.mark.keras
 
-# Each group runs in its own process, inside its own time limit.
+# Each group runs in its own process, inside its own time limit: the Applications of
+# test_keras_networks.py (the costliest checks on JAX, which compiles one program per
+# probe shape) run apart from its small networks.
+APPLICATION_TESTS = (
+    "test_vgg16_every_pool_in_one_call",
+    "test_resnet50_keras_layout",
+    "test_mobilenet",
+    "test_inception_v3",
+)
 GROUPS = {
-    "networks": ("test_keras_networks.py", "test_keras_safety.py"),
+    "networks": (
+        "test_keras_networks.py",
+        "test_keras_safety.py",
+        "-k",
+        f"not ({' or '.join(APPLICATION_TESTS)})",
+    ),
+    "applications": tuple(f"test_keras_networks.py::{t}" for t in APPLICATION_TESTS),
     "models": ("test_keras_models.py", "test_keras_compat.py"),
     "backbones": ("test_keras_backbones.py",),
 }
@@ -35,7 +49,7 @@ def test_keras_tests_pass_on_backend(backend: str, group: str) -> None:
     env = {**os.environ, "KERAS_BACKEND": backend, "RFEST_KERAS_CHILD": "1"}
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x"]
     result = subprocess.run(
-        [*command, *(str(HERE / m) for m in GROUPS[group])],
+        [*command, *(str(HERE / a) if a.startswith("test_") else a for a in GROUPS[group])],
         env=env,
         capture_output=True,
         text=True,
