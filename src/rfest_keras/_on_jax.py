@@ -202,15 +202,17 @@ class KerasOnJax:
         """``run(params, x) -> {key: value}`` of every layer call, params = float variables."""
         model = self._model
         layers = all_layers(model)
-        variables: dict[int, Any] = {}
+        variables: dict[int, tuple[Any, np.ndarray]] = {}
         for layer in layers:
+            transpose = type(layer).__name__.endswith("Transpose")
             for v in (*layer._trainable_variables, *layer._non_trainable_variables):
                 dtype = keras.backend.standardize_dtype(v.dtype)
-                if dtype.startswith(("float", "bfloat")):
-                    variables.setdefault(id(v), v)
-        held = list(variables.values())
+                if dtype.startswith(("float", "bfloat")) and id(v) not in variables:
+                    shape = tuple(int(s) for s in v.shape)
+                    variables[id(v)] = (v, np.full(shape, constant_value(v.path, shape, transpose)))
+        held = [v for v, _ in variables.values()]
         params = [v.value for v in held]
-        linearized = [_linearized(v) for v in held]
+        linearized = [value for _, value in variables.values()]
         feeds = self._keras._feeds(model.inputs) if _is_graph(model) else (lambda x: x)
         narrowing = self._narrowing
         ref = weakref.ref(model)
@@ -240,19 +242,13 @@ class KerasOnJax:
                         named.setdefault(f"{layer.name}:{k}", value)
                         shape = tuple(int(s) for s in value.shape)
                         kept += math.prod(shape[:-1] if narrowing else shape)
-            spatial = tuple(int(s) for s in x.shape[1:-1])
-            _footprints.setdefault(owner, {})[(spatial, narrowing)] = kept
+            if int(x.shape[0]) == 1:  # probes run one sample forward
+                spatial = tuple(int(s) for s in x.shape[1:-1])
+                _footprints.setdefault(owner, {})[(spatial, narrowing)] = kept
             return named
 
         structure = ("keras", len(layers), narrowing, self._keras._input_index)
         return Model("keras", params, linearized, run, owner=model, structure=structure)
-
-
-def _linearized(variable: Any) -> np.ndarray:
-    shape = tuple(int(s) for s in variable.shape)
-    transpose = type(variable).__name__.endswith("Transpose")
-    dtype = keras.backend.standardize_dtype(variable.dtype)
-    return np.full(shape, constant_value(variable.path, shape, transpose), dtype)
 
 
 def _recording(
