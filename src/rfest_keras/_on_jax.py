@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import keras
 import numpy as np
 
-from rfest import ModelCallError, OutputNotFoundError, kit
+from rfest import ModelCallError, OutputNotFoundError, RFEstError, kit
 from rfest_jax._models import MODEL_KEY, MODEL_OUTPUT, Model
 from rfest_jax._provider import JaxGradientProvider
 from rfest_keras._linearize import constant_value
@@ -94,8 +94,8 @@ class KerasOnJax:
             return self._keras.output_shapes(spatial)
         try:
             shapes = inner.output_shapes(spatial)
-        except ModelCallError:
-            self._refused.add(spatial)
+        except ModelCallError as exc:
+            self._refuse(spatial, exc)
             return self._keras.output_shapes(spatial)
         return {name: shapes[self._keys[name]] for name in self.output_names}
 
@@ -109,8 +109,8 @@ class KerasOnJax:
         key = self._keys[output_name]
         try:
             inner.output_shapes(spatial)  # traces: a size the model refuses raises here
-        except ModelCallError:
-            self._refused.add(spatial)
+        except ModelCallError as exc:
+            self._refuse(spatial, exc)
             return self._keras.gradient_maps(spatial, output_name, units)
         self._measure_footprint(spatial)
         step = self._budget.batch(math.prod(spatial), len(units), spatial)
@@ -130,7 +130,8 @@ class KerasOnJax:
             return self._keras.input_gradients(inputs, output_name, unit)
         try:
             inner.output_shapes(spatial)
-        except ModelCallError:
+        except ModelCallError as exc:
+            self._refuse(spatial, exc)
             return self._keras.input_gradients(inputs, output_name, unit)
         return inner.input_gradients(x, self._keys[output_name], unit)
 
@@ -151,14 +152,24 @@ class KerasOnJax:
             model = self._jax_model()
             try:  # traces at this size (the trace is shared with the provider below)
                 traced = JaxGradientProvider(model, **options).layer_names()
-            except ModelCallError:
-                self._refused.add(spatial)
+            except ModelCallError as exc:
+                self._refuse(spatial, exc)
                 return None
             keys = {name: self._checked_key(name, traced) for name in self.output_names}
             wanted = [k for k in keys.values() if k != MODEL_KEY]
             self._inner = JaxGradientProvider(model, output=wanted or None, **options)
             self._keys = {n: MODEL_OUTPUT if k == MODEL_KEY else k for n, k in keys.items()}
         return self._inner
+
+    def _refuse(self, spatial: tuple[int, ...], exc: ModelCallError) -> None:
+        """The model does not run at this size. The Keras route can do better only where
+        it rebuilds the model: a linearized copy (constant weights fit any size) or a
+        build function's model; otherwise it would fail alike, after building a copy."""
+        keras_ = self._keras
+        if not (keras_._linearize or keras_._build_function is not None):
+            shape = (1, *spatial, keras_._channels)
+            raise keras_._call_error(shape, exc) from exc
+        self._refused.add(spatial)
 
     def _checked_key(self, name: str, traced: Sequence[str]) -> str:
         """The traced program's name of output ``name``: Keras' errors where it has none."""
@@ -221,6 +232,7 @@ class KerasOnJax:
             owner = ref()
             assert owner is not None
             calls: dict[int, tuple[Any, list[Any]]] = {}
+            running: list[str] = []
             patches = Patches()
             try:
                 for layer in layers:
@@ -228,10 +240,16 @@ class KerasOnJax:
                     if _is_functional(layer):
                         patches.set(layer, "_assert_input_compatibility", _accept)
                     if layer is not owner:
-                        patches.set(layer, "call", _recording(layer, layer.call, calls))
+                        recorded = _recording(layer, layer.call, calls, running)
+                        patches.set(layer, "call", recorded)
                 scope = keras.StatelessScope(state_mapping=list(zip(held, values, strict=True)))
                 with scope:
                     out = owner(feeds(x), training=False)
+            except RFEstError:
+                raise
+            except Exception as exc:
+                where = f" (in layer {running[-1]!r})" if running else ""
+                raise ModelCallError(f"{type(exc).__name__}{where}: {exc}") from exc
             finally:
                 patches.restore()
             named: dict[str, Any] = {MODEL_KEY: out}
@@ -252,10 +270,15 @@ class KerasOnJax:
 
 
 def _recording(
-    layer: Any, call: Callable[..., Any], calls: dict[int, tuple[Any, list[Any]]]
+    layer: Any,
+    call: Callable[..., Any],
+    calls: dict[int, tuple[Any, list[Any]]],
+    running: list[str],
 ) -> Callable[..., Any]:
     def recorded(*args: Any, **kwargs: Any) -> Any:
+        running.append(layer.name)
         result = call(*args, **kwargs)
+        running.pop()
         calls.setdefault(id(layer), (layer, []))[1].append(result)
         return result
 
