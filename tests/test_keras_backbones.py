@@ -59,3 +59,21 @@ def test_the_framework_under_keras_chooses_the_route() -> None:
     rf = rfest.compute(model, output="feature_grid")
     assert geometry(rf) == ((34, 34), (4, 4), (0, 0))
     assert_untouched(before, model)
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "jax", reason="only the jaxpr route sees ops inside a Lambda"
+)
+def test_jax_route_linearizes_raw_ops_inside_a_lambda() -> None:
+    # A max pooling written by hand in a Lambda: out[i] = max(c[i], 2 c[i + 1]) along axis
+    # 0 after a k3 valid conv (c[i] sees rows i..i+2). Linearized as the mean of its
+    # operands (as MaxPooling is), unit i sees rows i..i+3: size 4 / 1 / 0 on axis 0 and
+    # the conv's 3 / 1 / 0 on axis 1. Run as written, the max would pick 2 c[i + 1] alone.
+    x = inputs = keras.Input((None, None, 1))
+    x = L.Conv2D(2, 3, name="conv")(x)
+    x = L.Lambda(lambda t: keras.ops.maximum(t[:, :-1], 2.0 * t[:, 1:]), name="max")(x)
+    model = keras.Model(inputs, x)
+    before = state(model)
+    rf = rfest.compute(model, (20, 20, 1))
+    assert geometry(rf) == ((4, 3), (1, 1), (0, 0))
+    assert_untouched(before, model)
