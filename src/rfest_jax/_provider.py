@@ -4,9 +4,11 @@ Per input shape the model is traced once (``jax.make_jaxpr``) into a program tha
 every named value; output shapes come from the trace without computing anything. A
 gradient map evaluates only the equations its output needs, linearized (see
 :mod:`rfest_jax._interpret`), on ONE positive sample, and pulls the probed units back in
-one ``vmap`` over cotangents, so probes cannot mix through batch statistics. float64 runs
-inside ``jax.enable_x64(True)``, which restores the user's setting on exit. The user's
-arrays are never written: params enter as arguments, and linearized params are new arrays.
+one ``vmap`` over cotangents, so probes cannot mix through batch statistics. Narrowed,
+that pullback is traced and run in numpy (:mod:`rfest_jax._numpy_eval`); otherwise it is
+compiled by XLA, once per shape, output and probe count. float64 runs inside
+``jax.enable_x64(True)``, which restores the user's setting on exit. The user's arrays are
+never written: params enter as arguments, and linearized params are new arrays.
 """
 
 from __future__ import annotations
@@ -138,7 +140,7 @@ class JaxGradientProvider:
 
     @property
     def thin_probes(self) -> bool:
-        """Narrowed, a probe costs its compilation, not its size: fewer shapes pay more."""
+        """Narrowed, a probe costs its trace of the model, not its size: fewer shapes pay."""
         return not self._narrowing
 
     @property
