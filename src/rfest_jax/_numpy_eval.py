@@ -145,7 +145,8 @@ def _pad(
     if all(lo <= 0 and hi <= 0 for lo, hi, _ in padding_config):
         return x
     pads = [(max(lo, 0), max(hi, 0)) for lo, hi, _ in padding_config]
-    out = np.full([n + lo + hi for n, (lo, hi) in zip(x.shape, pads, strict=True)], value, x.dtype)
+    shape = [n + lo + hi for n, (lo, hi) in zip(x.shape, pads, strict=True)]
+    out = np.zeros(shape, x.dtype) if not value else np.full(shape, value, x.dtype)
     out[tuple(slice(lo, lo + n) for n, (lo, _) in zip(x.shape, pads, strict=True))] = x
     return out
 
@@ -169,13 +170,13 @@ def _reduce_window_sum(
         span = (w - 1) * d + 1  # a window sum is separable: one axis at a time
         count = max((x.shape[axis] - span) // s + 1, 0)
         index = [slice(None)] * x.ndim
-        total = None
+        parts = []
         for k in range(w):
             index[axis] = slice(k * d, k * d + (count - 1) * s + 1, s) if count else slice(0, 0)
-            part = x[tuple(index)]
-            total = part.copy() if total is None else np.add(total, part, out=total)
-        assert total is not None
-        x = total
+            parts.append(x[tuple(index)])
+        x = parts[0] if w == 1 else np.add(parts[0], parts[1])
+        for part in parts[2:]:
+            np.add(x, part, out=x)
     return x
 
 
