@@ -160,24 +160,55 @@ def _reduce_window_sum(
     base_dilation: Sequence[int],
     window_dilation: Sequence[int],
 ) -> np.ndarray:
-    config = [(lo, hi, b - 1) for (lo, hi), b in zip(padding, base_dilation, strict=True)]
-    x = _pad(x, np.zeros((), dtype=x.dtype), padding_config=config)
-    for axis, (w, s, d) in enumerate(
-        zip(window_dimensions, window_strides, window_dilation, strict=True)
+    # A window sum is separable: one axis at a time, each tap added where it lands, so
+    # neither the zero padding nor the zeros of a base dilation (the pullback of a strided
+    # convolution) are ever written out.
+    for axis, (w, s, (lo, hi), b, d) in enumerate(
+        zip(window_dimensions, window_strides, padding, base_dilation, window_dilation, strict=True)
     ):
-        if w == 1 and s == 1:
+        if w == 1 and s == 1 and lo == 0 and hi == 0 and b == 1:
             continue
-        span = (w - 1) * d + 1  # a window sum is separable: one axis at a time
-        count = max((x.shape[axis] - span) // s + 1, 0)
-        index = [slice(None)] * x.ndim
-        parts = []
+        n = x.shape[axis]
+        count = max(((n - 1) * b + 1 + lo + hi - (w - 1) * d - 1) // s + 1, 0)
+        shape = list(x.shape)
+        shape[axis] = count
+        out = np.zeros(shape, dtype=x.dtype)
         for k in range(w):
-            index[axis] = slice(k * d, k * d + (count - 1) * s + 1, s) if count else slice(0, 0)
-            parts.append(x[tuple(index)])
-        x = parts[0] if w == 1 else np.add(parts[0], parts[1])
-        for part in parts[2:]:
-            np.add(x, part, out=x)
+            offset = k * d - lo  # output i reads the dilated input at i * s + offset
+            taps = _taps(n, count, s, b, offset)
+            if taps is not None:
+                (i0, i1, i_step), (j0, j1, j_step) = taps
+                target = [slice(None)] * x.ndim
+                source = [slice(None)] * x.ndim
+                target[axis] = slice(i0, i1, i_step)
+                source[axis] = slice(j0, j1, j_step)
+                np.add(out[tuple(target)], x[tuple(source)], out=out[tuple(target)])
+        x = out
     return x
+
+
+def _taps(
+    n: int, count: int, s: int, b: int, offset: int
+) -> tuple[tuple[int, int, int], tuple[int, int, int]] | None:
+    """Outputs ``i`` and inputs ``j`` with ``i * s + offset == j * b``, as two slices."""
+    if b == 1:  # j = i * s + offset, 0 <= j < n
+        i_min = max(0, _ceil_div(-offset, s))
+        i_max = min(count - 1, (n - 1 - offset) // s)
+        if i_min > i_max:
+            return None
+        j0 = i_min * s + offset
+        return (i_min, i_max + 1, 1), (j0, i_max * s + offset + 1, s)
+    if s == 1:  # i = j * b - offset, 0 <= i < count
+        j_min = max(0, _ceil_div(offset, b))
+        j_max = min(n - 1, (count - 1 + offset) // b)
+        if j_min > j_max:
+            return None
+        return (j_min * b - offset, j_max * b - offset + 1, b), (j_min, j_max + 1, 1)
+    raise Unsupported("a window sum with both a stride and a base dilation")
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
 
 
 def _compact(x: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
