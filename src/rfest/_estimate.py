@@ -530,7 +530,14 @@ def _measure_axis(
             n, inside = grow_to, None
         else:
             n, inside = _next_size(probe, n0, stride, cap, fit)
-        n, m = _runnable(provider, output_name, base, axis, n0, n, stride, cap)
+        try:
+            n, m = _runnable(provider, output_name, base, axis, n0, n, stride, cap)
+        except RFEstError:
+            if probe.whole and probe.m > 1:
+                # every unit sees all of the largest input the model takes (a ViT whose
+                # position table fixes its token count): global at every size it runs at
+                return AxisGeometry(None, None, None, True, probe.n)
+            raise
         placed = inside is not None and not misplaced
         centre = min(inside, m - 1) if inside is not None and placed else m // 2
 
@@ -851,12 +858,13 @@ def _check_growth(
     if not fit.uniform or fit.stride is None:
         return True
     n0 = base[axis]
-    try:
-        m1 = _output_len(provider, output_name, base, axis, n0 + fit.stride)
-        if m1 == m0 + 1:
-            return True
-        far = _output_len(provider, output_name, base, axis, n0 + 16 * fit.stride)
-    except RFEstError:
+    m1 = _output_len_or_none(provider, output_name, base, axis, n0 + fit.stride)
+    if m1 == m0 + 1:
+        return True
+    far = _output_len_or_none(provider, output_name, base, axis, n0 + 16 * fit.stride)
+    if m1 is None and far is None:
+        return True  # a model that takes no larger input: the fit at its size stands
+    if m1 is None or far is None:
         return False
     if far == m0:
         raise SizeDependentGeometryError(
@@ -880,6 +888,15 @@ def _far_output_len(
         except RFEstError:
             continue
     return None
+
+
+def _output_len_or_none(
+    provider: GradientProvider, output_name: str, base: tuple[int, ...], axis: int, n: int
+) -> int | None:
+    try:
+        return _output_len(provider, output_name, base, axis, n)
+    except RFEstError:
+        return None
 
 
 def _output_len(
