@@ -468,8 +468,10 @@ def _measure_axis(
     periodic_tried = False
     realigned = False  # went back from the cap to a size that keeps the user's residue
     placed = misplaced = False  # the run placed on the first unit predicted inside; in vain
+    whole_at_base = False
     while True:
         probe = _probe(provider, output_name, base, base_out, axis, n, m, centre)
+        whole_at_base = whole_at_base or (n == n0 and probe.whole and m > 1)
         grow_to: int | None = None
         fit: AxisGeometry | None = None
         if probe.whole:
@@ -521,10 +523,18 @@ def _measure_axis(
                 if probe.whole
                 else "no unit's field lies wholly inside a probe input of size"
             )
+            hint = (
+                f" Every unit sees the whole input at the size given ({n0}): if the field "
+                f"depends on the input size (grid attention whose spacing scales with the "
+                f"input, as in MaxViT), it has no size-independent description, and at "
+                f"{n0} it is global."
+                if whole_at_base and not probe.whole
+                else ""
+            )
             raise ProbeSizeError(
                 f"the receptive field of output {output_name!r} along axis {axis} does not "
                 f"fit: {seen} {n} (the cap). Raise the cap with max_input_size=..., or "
-                f"choose an earlier output"
+                f"choose an earlier output.{hint}"
             )
         if grow_to is not None:
             n, inside = grow_to, None
