@@ -111,6 +111,16 @@ def test_programs_it_cannot_run_are_left_to_the_compiler() -> None:
         divided(np.arange(-4, 0))
 
 
+def test_overflow_gives_inf_without_a_warning_as_in_xla() -> None:
+    # Warnings are errors in the suite; the estimator reads inf and nan as non-finite maps.
+    with jax.enable_x64(True):
+        closed = jax.make_jaxpr(lambda x: (x * 1e300) * 1e300 - x / 0.0)(np.ones(3))
+    program = numpy_program(closed)
+    assert program is not None
+    (got,) = program(np.array([1.0, 0.0, -1.0]))
+    assert np.isnan(got[1]) and not np.isfinite(got).any()
+
+
 def test_a_narrowed_network_runs_in_numpy() -> None:
     # The fast path is taken (no XLA compilation), and gives the hand-derived field.
     net = readme_function()

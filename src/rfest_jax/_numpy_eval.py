@@ -50,7 +50,8 @@ class NumpyProgram:
         return self._jaxpr
 
     def __call__(self, *args: Any) -> list[np.ndarray]:
-        return _run(self._jaxpr, self._consts, list(args))
+        with np.errstate(all="ignore"):  # as XLA: overflow gives inf, 0/0 nan, silently
+            return _run(self._jaxpr, self._consts, list(args))
 
 
 def numpy_program(closed: ClosedJaxpr) -> NumpyProgram | None:
