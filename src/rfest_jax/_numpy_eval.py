@@ -23,7 +23,7 @@ from jax.extend.core import ClosedJaxpr, Jaxpr, Literal, Var
 
 __all__ = ["NumpyProgram", "Unsupported", "numpy_program"]
 
-_CALLS = ("jit", "pjit", "closed_call", "core_call")
+_CALLS = ("jit", "pjit")  # nested programs held as a ClosedJaxpr in params["jaxpr"]
 
 
 class Unsupported(Exception):
