@@ -6,9 +6,9 @@ takes about 20 ms per kernel to compile it, for every new probe shape (a second 
 ResNet-50), and JAX's eager mode compiles every operation per shape too. So such
 programs run here, one numpy call per equation, when every primitive in them is one of
 :data:`_RULES`; :func:`numpy_program` returns None otherwise and the caller compiles.
-Each rule follows the primitive's ``jax.lax`` semantics, and every result is checked
-against the shape and dtype the trace recorded (a mismatch raises :class:`Unsupported`,
-and the caller compiles instead).
+Each rule follows the primitive's ``jax.lax`` semantics; every result is checked against
+the shape the trace recorded (a mismatch raises :class:`Unsupported`, and the caller
+compiles instead) and cast to the recorded dtype.
 """
 
 from __future__ import annotations
