@@ -32,7 +32,8 @@ from rfest import ModelCallError, OutputNotFoundError, RFEstError, kit
 from rfest_jax._models import MODEL_KEY, MODEL_OUTPUT, Model
 from rfest_jax._provider import JaxGradientProvider
 from rfest_keras._linearize import constant_value
-from rfest_keras._live import Patches, all_layers, layer_calls
+from rfest_keras._live import Patches, _accept, _is_functional, all_layers, layer_calls
+from rfest_keras._rebuild import is_graph_model
 
 if TYPE_CHECKING:
     from rfest_keras._provider import KerasGradientProvider
@@ -289,15 +290,5 @@ def _is_array(value: Any) -> bool:
     return hasattr(value, "shape") and hasattr(value, "dtype")
 
 
-def _is_functional(layer: Any) -> bool:
-    return hasattr(layer, "_run_through_graph") and hasattr(layer, "_inputs_struct")
-
-
 def _is_graph(model: Any) -> bool:
-    from rfest_keras._rebuild import is_graph_model
-
     return bool(is_graph_model(model))
-
-
-def _accept(*args: Any, **kwargs: Any) -> None:
-    """Functional input specs fix the size the model was built at; rfest chooses sizes."""

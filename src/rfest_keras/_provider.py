@@ -21,7 +21,7 @@ import math
 import threading
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
@@ -41,6 +41,9 @@ from rfest_keras._live import LiveModel, layer_calls
 from rfest_keras._memory import DEFAULT_MAX_MEMORY_GIB, Budget, count_elements
 from rfest_keras._rebuild import Built, build_copy, finish, is_graph_model, own
 
+if TYPE_CHECKING:
+    from rfest_keras._on_jax import KerasOnJax
+
 __all__ = ["MODEL_OUTPUT", "KerasGradientProvider", "provider"]
 
 
@@ -48,7 +51,7 @@ _lock = threading.RLock()
 _copy_refused: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
 
 
-def provider(model: Any, **options: Any) -> Any:
+def provider(model: Any, **options: Any) -> KerasGradientProvider | KerasOnJax:
     """Entry-point factory of the ``keras`` backend (see :class:`KerasGradientProvider`).
 
     The framework under Keras decides how a built model is measured: on JAX through a
