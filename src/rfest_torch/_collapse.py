@@ -179,28 +179,50 @@ def _elementwise(func: _Handler) -> _Handler:
 
 
 def _view(func: _Handler) -> _Handler:
-    """Views that move, add or drop axes (transpose, permute, unsqueeze, expand...): the
-    same view of the cut tensor, checked against the view of the tensor itself."""
+    """Views that move, add, drop or pick axes (transpose, permute, unsqueeze, expand,
+    basic indexing, unbind, chunk...): the same view of the cut tensor, checked against
+    the view of the tensor itself (a tuple of views for unbind and chunk)."""
 
     def run(x: Any, *args: Any, **kwargs: Any) -> Any:
         axes = _broadcast_axes(x)
-        if not axes:
+        if not axes or not all(_basic_index(a) for a in args):
             return NotImplemented
         try:
             seen = func(x.detach(), *args, **kwargs)
             out = func(_cut(x, axes), *args, **kwargs)
         except (RuntimeError, IndexError, TypeError, ValueError):
             return NotImplemented
-        if not (isinstance(seen, torch.Tensor) and isinstance(out, torch.Tensor)):
+        if isinstance(seen, torch.Tensor):
+            return _widen_like(out, seen)
+        if not isinstance(seen, (tuple, list)) or not isinstance(out, (tuple, list)):
             return NotImplemented
-        if out.dim() != seen.dim() or any(
-            m != n and not (m == 1 and seen.stride(d) == 0)
-            for d, (m, n) in enumerate(zip(out.shape, seen.shape, strict=True))
-        ):
+        if len(out) == 1 < len(seen):  # split along a cut axis: every piece is the same
+            out = list(out) * len(seen)
+        if len(seen) != len(out):
             return NotImplemented
-        return _widen(out, seen.shape)
+        widened = [_widen_like(o, v) for o, v in zip(out, seen, strict=True)]
+        return NotImplemented if NotImplemented in widened else type(seen)(widened)
 
     return run
+
+
+def _basic_index(index: Any) -> bool:
+    """No tensor or list indices: ``x[index]`` is a view (advanced indexing copies)."""
+    if isinstance(index, tuple):
+        return all(_basic_index(i) for i in index)
+    return not isinstance(index, (torch.Tensor, list))
+
+
+def _widen_like(out: Any, seen: Any) -> Any:
+    """``out`` (a view of a cut tensor) broadcast to ``seen``, the same view uncut."""
+    if not (isinstance(out, torch.Tensor) and isinstance(seen, torch.Tensor)):
+        return NotImplemented
+    if out.dim() != seen.dim() or any(
+        m != n and not (m == 1 and seen.stride(d) == 0)
+        for d, (m, n) in enumerate(zip(out.shape, seen.shape, strict=True))
+    ):
+        return NotImplemented
+    return _widen(out, seen.shape)
 
 
 def _regrouped(old: Sequence[int], axes: Sequence[int], new: Sequence[int]) -> list[int] | None:
@@ -288,6 +310,17 @@ def _reshape(func: _Handler) -> _Handler:
         return _widen(_cut(x, axes).reshape(cut), shape)
 
     return run
+
+
+def _roll(x: Any, shifts: Any, dims: Any = None) -> Any:
+    """A roll along axes the tensor is not broadcast along: the cut tensor rolled."""
+    axes = _broadcast_axes(x)
+    if not axes or dims is None:
+        return NotImplemented
+    rolled = [dims] if isinstance(dims, int) else list(dims)
+    if any(d % x.dim() in axes for d in rolled):
+        return NotImplemented
+    return _widen(torch.roll(_cut(x, axes), shifts, dims), x.shape)
 
 
 def _contiguous(x: Any, *args: Any, **kwargs: Any) -> Any:
@@ -502,7 +535,10 @@ _ELEMENTWISE = (
     "logical_not logical_and logical_or ge gt le lt eq ne greater_equal less_equal clone"
 )
 _DUNDERS = "add sub mul truediv radd rsub rmul rtruediv neg pow ge gt le lt eq ne invert and or"
-_VIEWS = "transpose swapaxes swapdims permute movedim unsqueeze squeeze expand expand_as"
+_VIEWS = (
+    "transpose swapaxes swapdims permute movedim unsqueeze squeeze expand expand_as unbind "
+    "chunk split narrow select __getitem__"
+)
 
 
 def _handlers() -> dict[Any, _Handler]:
@@ -527,6 +563,7 @@ def _handlers() -> dict[Any, _Handler]:
     handlers[torch.Tensor.view] = _reshape(torch.Tensor.view)
     handlers[torch.Tensor.to] = _elementwise(torch.Tensor.to)
     handlers[torch.Tensor.contiguous] = _contiguous
+    handlers[torch.roll] = handlers[torch.Tensor.roll] = _roll
     handlers[torch.Tensor.__matmul__] = _matmul(torch.Tensor.__matmul__)
     for name in _DUNDERS.split():
         function = getattr(torch.Tensor, f"__{name}__")
