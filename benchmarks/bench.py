@@ -388,6 +388,9 @@ def case_swin_t_torch(repeat: int) -> dict[str, Any]:
             return rfest.compute(model, (3, 224, 224), output=SWIN_STAGES)
 
         fields = measure()
+        # By hand: stage 1's shifted block joins two windows of 7 patches of 4 pixels.
+        assert fields["stages.0"].size == (56, 56)
+        assert not fields["stages.0"].uniform
         timed = _median_time(measure, repeat)
     stages = "; ".join(
         "global" if rf.is_global else f"{rf.size[0]}/{rf.stride[0]}" for rf in fields.values()
