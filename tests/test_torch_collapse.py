@@ -118,6 +118,7 @@ class TokenAttention(nn.Module):
         self.layer = nn.TransformerEncoderLayer(dim, 2, 16, batch_first=True, norm_first=True)
         self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
         self.mha = nn.MultiheadAttention(dim, 2, batch_first=True)
+        self.composite = nn.MultiheadAttention(dim, 2, batch_first=True, add_bias_kv=True)
         self.mix = nn.Parameter(torch.rand(dim, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -126,6 +127,8 @@ class TokenAttention(nn.Module):
         tokens = t.flatten(2).transpose(1, 2)
         if self.kind == "encoder layer":
             tokens = self.layer(self.layer(tokens))
+        elif self.kind == "composite":  # bias_k: PyTorch's composite, heads in the batch
+            tokens = tokens + self.composite(tokens, tokens, tokens, need_weights=False)[0]
         elif self.kind == "heads by reshape":
             qkv = self.qkv(tokens).reshape(n, h * w, 3, 2, c // 2).permute(2, 0, 3, 1, 4)
             out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], is_causal=True)
@@ -197,15 +200,20 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], bool]] = {
         lambda: nn.Sequential(
             nn.Conv2d(3, 4, 3),
             Lambda(lambda x: torch.cat([x, F.pad(x, (0, 0, 2, 0))], 2)),
-            Lambda(lambda x: x.view(x.shape[0], -1)),
+            Lambda(lambda x: x.view(x.shape[0], -1)),  # merges channels with rows: a copy
             nn.Linear(4 * 22 * 14, 5),
         ),
         (3, 12, 16),
-        False,
+        True,
     ),
     "in-place residual": (InPlaceResidual, (4, 20, 20), True),
     "tokens through nn.TransformerEncoderLayer": (
         lambda: TokenAttention("encoder layer"),
+        (3, 12, 16),
+        True,
+    ),
+    "tokens, nn.MultiheadAttention's own composite (bias_k)": (
+        lambda: TokenAttention("composite"),
         (3, 12, 16),
         True,
     ),

@@ -305,9 +305,13 @@ def _reshape(func: _Handler) -> _Handler:
             return NotImplemented
         shape = _shape_of(x, func, args, kwargs)
         cut = None if shape is None else _regrouped(tuple(x.shape), axes, shape)
-        if cut is None:
-            return NotImplemented
-        return _widen(_cut(x, axes).reshape(cut), shape)
+        if cut is not None:
+            return _widen(_cut(x, axes).reshape(cut), shape)
+        if func is torch.Tensor.view and shape is not None:
+            # Merges broadcast axes with stored ones (heads into the batch): a copy, as
+            # the network's own ``.contiguous().view(...)`` made before (see _contiguous).
+            return x.contiguous().view(shape)
+        return NotImplemented
 
     return run
 
