@@ -120,6 +120,9 @@ class TokenAttention(nn.Module):
         self.mha = nn.MultiheadAttention(dim, 2, batch_first=True)
         self.composite = nn.MultiheadAttention(dim, 2, batch_first=True, add_bias_kv=True)
         self.mix = nn.Parameter(torch.rand(dim, dim))
+        self.cls = nn.Parameter(torch.rand(1, 1, dim))
+        self.positions = nn.Parameter(torch.rand(1, 64, dim))
+        self.layer_scale = nn.Parameter(torch.full((dim,), 1e-5))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t = self.embed(x)
@@ -127,6 +130,10 @@ class TokenAttention(nn.Module):
         tokens = t.flatten(2).transpose(1, 2)
         if self.kind == "encoder layer":
             tokens = self.layer(self.layer(tokens))
+        elif self.kind == "class token":  # timm's ViT: a class token, learned positions
+            cls = self.cls.expand(n, -1, -1)
+            tokens = torch.cat([cls, tokens], 1) + self.positions[:, : h * w + 1]
+            tokens = self.layer(tokens)[:, 1:] * self.layer_scale
         elif self.kind == "composite":  # bias_k: PyTorch's composite, heads in the batch
             tokens = tokens + self.composite(tokens, tokens, tokens, need_weights=False)[0]
         elif self.kind == "heads by reshape":
@@ -209,6 +216,11 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], bool]] = {
     "in-place residual": (InPlaceResidual, (4, 20, 20), True),
     "tokens through nn.TransformerEncoderLayer": (
         lambda: TokenAttention("encoder layer"),
+        (3, 12, 16),
+        True,
+    ),
+    "tokens with a class token, learned positions and layer scale": (
+        lambda: TokenAttention("class token"),
         (3, 12, 16),
         True,
     ),
