@@ -482,9 +482,7 @@ def _measure_axis(
                 cap,
                 _next_size(probe, n0, stride, cap)[0],
                 lambda k: _output_len(provider, output_name, base, axis, k),
-                lambda k, ends: (
-                    _probe(provider, output_name, base, base_out, axis, k, 0, 0, ends).supports
-                ),
+                lambda k, ends: _end_supports(provider, output_name, base, axis, k, ends),
             )
             if jump is not None and jump.is_global:
                 return AxisGeometry(None, None, None, True, jump.n)  # attention and the like
@@ -550,6 +548,22 @@ def _measure_axis(
             raise
         placed = inside is not None and not misplaced
         centre = min(inside, m - 1) if inside is not None and placed else m // 2
+
+
+def _end_supports(
+    provider: GradientProvider,
+    output_name: str,
+    base: tuple[int, ...],
+    axis: int,
+    n: int,
+    ends: Sequence[int],
+) -> tuple[Interval, ...]:
+    """Supports of the units ``ends`` along ``axis`` at size ``n``, on an input thin in the
+    other axes: at the cap a full-width probe of an attention model holds tokens**2 scores
+    (gigabytes), and thinning can only hide gradient, so whole ends stay a sound verdict."""
+    thin = _thin_shape(provider, output_name, base, axis) or base
+    thin_out = _output_shape(provider, thin, output_name)
+    return _probe(provider, output_name, thin, thin_out, axis, n, 0, 0, ends).supports
 
 
 def _aligned_below_cap(n0: int, n: int, cap: int, fit: AxisGeometry | None) -> int | None:
