@@ -288,12 +288,15 @@ def _keras_cases() -> list[Case]:
     class FixedSize(keras.Model):
         def __init__(self) -> None:
             super().__init__()
-            self.conv = L.Conv2D(2, 3, name="conv")
+            # two k7 'same' convolutions: a field of 13, more than the 12 pixels the
+            # Dense head lets the model take, so the probe must grow and cannot
+            self.conv = L.Conv2D(2, 7, padding="same", name="conv")
+            self.conv2 = L.Conv2D(2, 7, padding="same", name="conv2")
             self.flat = L.Flatten()
             self.dense = L.Dense(2)
 
         def call(self, x: object) -> object:
-            return self.dense(self.flat(self.conv(x)))
+            return self.dense(self.flat(self.conv2(self.conv(x))))
 
     fixed = FixedSize()
     fixed(keras.ops.ones((1, 12, 12, 1)))
@@ -336,7 +339,7 @@ def _keras_cases() -> list[Case]:
         ),
         Case(
             "keras: fixed-size subclassed model that cannot be rebuilt",
-            lambda: rfest.compute(fixed, (12, 12, 1), backend="keras", output="conv"),
+            lambda: rfest.compute(fixed, (12, 12, 1), backend="keras", output="conv2"),
             rfest.ModelCallError,
             ("build function",),
         ),

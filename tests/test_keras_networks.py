@@ -235,6 +235,25 @@ def test_siamese_towers_with_fixed_inputs_grow_together() -> None:
     assert all(np.array_equal(a, to_numpy(v)) for a, v in zip(before, model.weights, strict=True))
 
 
+def test_fixed_size_subclassed_model_is_measured_at_its_size() -> None:
+    # A Dense head fixes the input at 12 x 12 and the model has no config to rebuild from:
+    # a k7 'same' convolution (field 7, padding 3) fits at 12, so it is measured there.
+    class FixedSize(keras.Model):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = L.Conv2D(2, 7, padding="same", name="conv")
+            self.flat = L.Flatten()
+            self.dense = L.Dense(2)
+
+        def call(self, x: object) -> object:
+            return self.dense(self.flat(self.conv(x)))
+
+    fixed = FixedSize()
+    fixed(keras.ops.ones((1, 12, 12, 1)))
+    rf = rfest.compute(fixed, (12, 12, 1), backend="keras", output="conv")
+    assert geometry(rf) == ((7, 7), (1, 1), (3, 3))
+
+
 def test_subclassed_model() -> None:
     rfs = rfest.compute(SmallNet(), (20, 20, 3), backend="keras", output=["conv1", "conv2"])
     assert geometry(rfs["conv1"]) == ((3, 3), (1, 1), (0, 0))
