@@ -36,7 +36,7 @@ from rfest import (
     kit,
 )
 from rfest.kit import MODEL_OUTPUT
-from rfest_keras._autodiff import precision, supported, vjp
+from rfest_keras._autodiff import Compiled, compiled, precision, supported, vjp
 from rfest_keras._live import LiveModel, layer_calls
 from rfest_keras._memory import DEFAULT_MAX_MEMORY_GIB, Budget, count_elements
 from rfest_keras._rebuild import Built, build_copy, finish, is_graph_model, own
@@ -45,6 +45,9 @@ __all__ = ["MODEL_OUTPUT", "KerasGradientProvider", "provider"]
 
 
 _lock = threading.RLock()
+_MAX_PROGRAMS = 4
+"""Outputs measured with compiled programs in one call; more (a report of every layer)
+stay eager: each program costs a trace of the model, several eager passes' worth."""
 _copy_refused: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
 
 
@@ -149,6 +152,7 @@ class KerasGradientProvider:
         self._live_refused: set[tuple[int, ...]] = set()
         self._live_result: Any = None
         self._shapes: dict[tuple[int, ...], dict[str, tuple[int, ...]]] = {}
+        self._compiled: dict[str, Compiled | None] = {}
 
     @property
     def spatial_shape(self) -> tuple[int | None, ...]:
@@ -165,6 +169,10 @@ class KerasGradientProvider:
     def output_shapes(self, spatial_shape: tuple[int, ...]) -> Mapping[str, tuple[int, ...]]:
         spatial_shape = tuple(int(s) for s in spatial_shape)
         if spatial_shape not in self._shapes:
+            shapes = self._program_shapes(spatial_shape)
+            if shapes is not None:
+                self._shapes[spatial_shape] = shapes
+                return shapes
             # Symbolic: shapes without computing, and sizes too small for the model fail
             # in Keras' shape checks instead of inside a framework kernel.
             x: Any = keras.KerasTensor((1, *spatial_shape, self._channels), dtype=self._dtype)
@@ -179,6 +187,23 @@ class KerasGradientProvider:
                 for name in self._outputs
             }
         return self._shapes[spatial_shape]
+
+    def _program_shapes(self, spatial: tuple[int, ...]) -> dict[str, tuple[int, ...]] | None:
+        """Output shapes from the compiled programs (a batch-1 run costs less than Keras'
+        symbolic pass through a thousand layers); None sends the caller to Keras."""
+        shapes = {}
+        x = np.ones((1, *spatial, self._channels))
+        for name in self._outputs:
+            program = self._program(spatial, name)
+            if program is None:
+                return None
+            try:
+                with _lock:
+                    shape = program.output_shape(x)
+            except Exception:
+                return None  # a size the model refuses: Keras says why
+            shapes[name] = self._spatial_of(name, shape, len(spatial))
+        return shapes
 
     def gradient_maps(
         self,
@@ -199,6 +224,13 @@ class KerasGradientProvider:
         self, spatial_shape: tuple[int, ...], output_name: str, units: Sequence[tuple[int, ...]]
     ) -> np.ndarray:
         x = self._probe_input((len(units), *spatial_shape, self._channels))
+        program = self._program(spatial_shape, output_name)
+        if program is not None:
+            try:
+                with _lock:
+                    return program.maps(x, units)
+            except Exception:
+                self._compiled[output_name] = None  # the eager pass says what is wrong
 
         def cotangent(shape: tuple[int, ...]) -> np.ndarray:
             seed = np.zeros(shape)
@@ -209,6 +241,26 @@ class KerasGradientProvider:
         grad = self._vjp(spatial_shape, output_name, x, cotangent)
         maps: np.ndarray = np.abs(grad).sum(axis=-1)
         return maps
+
+    def _program(self, spatial: tuple[int, ...], name: str) -> Compiled | None:
+        """One compiled program per output, on a copy that takes every size (TensorFlow),
+        for a few outputs at a time (each is a trace of the model)."""
+        with _lock, precision(self._dtype):
+            if (
+                self._is_live(spatial)
+                or self._build_function is not None
+                or len(self._outputs) > _MAX_PROGRAMS
+            ):
+                return None
+            if name not in self._compiled:
+                self._copy_for(spatial)
+                function = self._function(spatial, name) if self._dynamic is not None else None
+                self._compiled[name] = (
+                    None
+                    if function is None
+                    else compiled(function, len(spatial), self._channels, self._dtype)
+                )
+            return self._compiled[name]
 
     def _measure_footprint(self, spatial: tuple[int, ...], name: str) -> None:
         """Values kept per input pixel, counted once on a batch-1 forward pass."""
