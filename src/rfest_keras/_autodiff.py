@@ -37,25 +37,29 @@ class Compiled:
         self._instantiated = False
 
     def maps(self, x: np.ndarray, units: Sequence[tuple[int, ...]]) -> np.ndarray:
-        maps, _ = self._run(x, np.array(units, np.int32).reshape(len(units), self._rank))
+        maps, _, _ = self._run(x, np.array(units, np.int32).reshape(len(units), self._rank))
         return maps
 
-    def output_shape(self, x: np.ndarray) -> tuple[int, ...]:
-        _, shape = self._run(x, np.zeros((0, self._rank), np.int32))
-        return tuple(int(s) for s in shape)
+    def output_shape(self, x: np.ndarray) -> tuple[tuple[int, ...], int]:
+        """The shape of ``y``, and the elements of every layer output on the way."""
+        _, shape, elements = self._run(x, np.zeros((0, self._rank), np.int32))
+        return tuple(int(s) for s in shape), int(elements)
 
-    def _run(self, x: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _run(self, x: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, Any, Any]:
         import tensorflow as tf
 
         with _no_graph_rewrites(not self._instantiated):
-            maps, shape = self._program(tf.constant(x, self._dtype), tf.constant(index))
+            maps, shape, elements = self._program(tf.constant(x, self._dtype), tf.constant(index))
         self._instantiated = True
-        return maps.numpy(), shape.numpy()
+        return maps.numpy(), shape.numpy(), elements.numpy()
 
 
-def compiled(function: Function, rank: int, channels: int, dtype: str) -> Compiled | None:
+def compiled(
+    function: Callable[[Any], tuple[Any, Any]], rank: int, channels: int, dtype: str
+) -> Compiled | None:
     """``function``'s probe maps and output shapes as one compiled program for every input
-    size, or None where the framework has none here.
+    size, or None where the framework has none here. ``function(x)`` returns the output
+    and the elements its layers produced (:func:`rfest_keras._memory.run_counting`).
 
     On TensorFlow a ``tf.function`` over inputs of any spatial size: traced once, then each
     probe costs its arithmetic instead of Keras' per-layer Python overhead, which dominates
@@ -67,18 +71,18 @@ def compiled(function: Function, rank: int, channels: int, dtype: str) -> Compil
         return None
     import tensorflow as tf
 
-    def program(x: Any, units: Any) -> tuple[Any, Any]:
+    def program(x: Any, units: Any) -> tuple[Any, Any, Any]:
         with tf.GradientTape() as tape:
             tape.watch(x)
-            y = function(x)
+            y, elements = function(x)
         ones = tf.ones(tf.shape(units)[:1], y.dtype)
         batch = tf.range(tf.shape(units)[0], dtype=units.dtype)[:, None]
         points = tf.scatter_nd(tf.concat([batch, units], axis=1), ones, tf.shape(y)[:-1])
         seed = tf.broadcast_to(points[..., None], tf.shape(y))  # every channel of the unit
         grad = tape.gradient(y, x, output_gradients=seed)
         if grad is None:
-            return tf.zeros(tf.shape(x)[:-1], tf.float64), tf.shape(y)
-        return tf.cast(tf.reduce_sum(tf.abs(grad), axis=-1), tf.float64), tf.shape(y)
+            return tf.zeros(tf.shape(x)[:-1], tf.float64), tf.shape(y), elements
+        return tf.cast(tf.reduce_sum(tf.abs(grad), axis=-1), tf.float64), tf.shape(y), elements
 
     signature = [
         tf.TensorSpec([None] * (rank + 1) + [channels], tf.as_dtype(dtype)),

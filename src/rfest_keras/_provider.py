@@ -38,7 +38,7 @@ from rfest import (
 from rfest.kit import MODEL_OUTPUT
 from rfest_keras._autodiff import Compiled, compiled, precision, supported, vjp
 from rfest_keras._live import LiveModel, layer_calls
-from rfest_keras._memory import DEFAULT_MAX_MEMORY_GIB, Budget, count_elements
+from rfest_keras._memory import DEFAULT_MAX_MEMORY_GIB, Budget, count_elements, run_counting
 from rfest_keras._rebuild import Built, build_copy, finish, is_graph_model, own
 
 __all__ = ["MODEL_OUTPUT", "KerasGradientProvider", "provider"]
@@ -199,10 +199,13 @@ class KerasGradientProvider:
                 return None
             try:
                 with _lock:
-                    shape = program.output_shape(x)
+                    shape, elements = program.output_shape(x)
             except Exception:
                 return None  # a size the model refuses: Keras says why
             shapes[name] = self._spatial_of(name, shape, len(spatial))
+            if self._budget.per_pixel is None:
+                self._footprint_tried = True
+                self._budget.measured(elements, math.prod(spatial), self._channels)
         return shapes
 
     def gradient_maps(
@@ -254,12 +257,17 @@ class KerasGradientProvider:
                 return None
             if name not in self._compiled:
                 self._copy_for(spatial)
-                function = self._function(spatial, name) if self._dynamic is not None else None
-                self._compiled[name] = (
-                    None
-                    if function is None
-                    else compiled(function, len(spatial), self._channels, self._dtype)
-                )
+                dynamic = self._dynamic
+                if dynamic is None:
+                    self._compiled[name] = None
+                else:
+                    function = self._function(spatial, name)
+                    self._compiled[name] = compiled(
+                        lambda x: run_counting(dynamic.model, lambda: function(x), dynamic=True),
+                        len(spatial),
+                        self._channels,
+                        self._dtype,
+                    )
             return self._compiled[name]
 
     def _measure_footprint(self, spatial: tuple[int, ...], name: str) -> None:
