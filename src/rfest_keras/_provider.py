@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -46,6 +47,9 @@ __all__ = ["MODEL_OUTPUT", "KerasGradientProvider", "provider"]
 
 _lock = threading.RLock()
 _MAX_PROGRAMS = 4
+_TRACE_PER_BUILD = 1.5
+"""A trace of the copy costs about this many times building it (measured: MobileNetV3Small,
+EfficientNetB0, NASNetMobile on TensorFlow 2.21)."""
 """Outputs measured with compiled programs in one call; more (a report of every layer)
 stay eager: each program costs a trace of the model, several eager passes' worth."""
 _copy_refused: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
@@ -153,6 +157,8 @@ class KerasGradientProvider:
         self._live_result: Any = None
         self._shapes: dict[tuple[int, ...], dict[str, tuple[int, ...]]] = {}
         self._compiled: dict[str, Compiled | None] = {}
+        self._eager_seconds = 0.0  # spent on eager probes of the copy
+        self._build_seconds = 0.0  # spent building the copy that takes every size
 
     @property
     def spatial_shape(self) -> tuple[int | None, ...]:
@@ -194,7 +200,7 @@ class KerasGradientProvider:
         shapes = {}
         x = np.ones((1, *spatial, self._channels))
         for name in self._outputs:
-            program = self._program(spatial, name)
+            program = self._program(spatial, name, create=False)
             if program is None:
                 return None
             try:
@@ -227,13 +233,14 @@ class KerasGradientProvider:
         self, spatial_shape: tuple[int, ...], output_name: str, units: Sequence[tuple[int, ...]]
     ) -> np.ndarray:
         x = self._probe_input((len(units), *spatial_shape, self._channels))
-        program = self._program(spatial_shape, output_name)
+        program = self._program(spatial_shape, output_name, create=True)
         if program is not None:
             try:
                 with _lock:
                     return program.maps(x, units)
             except Exception:
                 self._compiled[output_name] = None  # the eager pass says what is wrong
+        started = time.perf_counter()
 
         def cotangent(shape: tuple[int, ...]) -> np.ndarray:
             seed = np.zeros(shape)
@@ -243,11 +250,18 @@ class KerasGradientProvider:
 
         grad = self._vjp(spatial_shape, output_name, x, cotangent)
         maps: np.ndarray = np.abs(grad).sum(axis=-1)
+        self._eager_seconds += time.perf_counter() - started
         return maps
 
-    def _program(self, spatial: tuple[int, ...], name: str) -> Compiled | None:
+    def _program(self, spatial: tuple[int, ...], name: str, *, create: bool) -> Compiled | None:
         """One compiled program per output, on a copy that takes every size (TensorFlow),
-        for a few outputs at a time (each is a trace of the model)."""
+        for a few outputs at a time (each is a trace of the model).
+
+        Tracing costs about what building the copy cost (both are a walk through every
+        layer in Python): a program is made once the eager probes have cost that much
+        (the rent-or-buy rule: at worst about twice the better of the two), so models
+        whose few probes are cheap (squeeze-excite families, global in six probes) stay
+        eager, and large fields on heavy models (ConvNeXt, InceptionResNetV2) compile."""
         with _lock, precision(self._dtype):
             if (
                 self._is_live(spatial)
@@ -256,6 +270,8 @@ class KerasGradientProvider:
             ):
                 return None
             if name not in self._compiled:
+                if not create or self._eager_seconds < _TRACE_PER_BUILD * self._build_seconds:
+                    return None
                 self._copy_for(spatial)
                 dynamic = self._dynamic
                 if dynamic is None:
@@ -455,6 +471,7 @@ class KerasGradientProvider:
         return built
 
     def _build(self, source: keras.Model, spatial: list[int | None]) -> Built:
+        started = time.perf_counter()
         try:
             return build_copy(
                 source,
@@ -468,6 +485,8 @@ class KerasGradientProvider:
             raise
         except Exception as exc:
             raise self._call_error((None, *spatial, self._channels), exc) from exc
+        finally:
+            self._build_seconds += time.perf_counter() - started
 
     def _build_subclassed(self, built: Built, spatial: tuple[int, ...]) -> None:
         x = keras.ops.convert_to_tensor(np.ones((1, *spatial, self._channels), self._dtype))
