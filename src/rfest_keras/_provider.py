@@ -157,6 +157,7 @@ class KerasGradientProvider:
         self._live_result: Any = None
         self._shapes: dict[tuple[int, ...], dict[str, tuple[int, ...]]] = {}
         self._compiled: dict[str, Compiled | None] = {}
+        self._copy_ran = False  # the copy has run at some size
         self._eager_seconds = 0.0  # spent on eager probes of the copy
         self._build_seconds = 0.0  # spent building the copy that takes every size
 
@@ -351,7 +352,9 @@ class KerasGradientProvider:
         with _lock, precision(self._dtype):
             live = self._is_live(spatial)
             try:
-                return work(self._function(spatial, name))
+                result = work(self._function(spatial, name))
+                self._copy_ran = self._copy_ran or not live
+                return result
             except ModelCallError as exc:
                 if not (live and is_graph_model(self._model)):
                     raise self._call_error(shape, exc) from exc
@@ -374,6 +377,11 @@ class KerasGradientProvider:
         now on (the copy met something narrowing cannot follow); else keep the copy."""
         if self._dynamic is None or not self._dynamic.narrowed or self._build_function:
             return False
+        if self._copy_ran or self._full_width_weights_bytes() > self._budget.limit / 2:
+            # A copy that ran at another size fails here for the size (the estimator tries
+            # thin sizes), which the model refuses too; finding out would cost every
+            # weight again in float64 and a full-width pass (ConvNeXtLarge: 1.6 -> 4.4 GiB).
+            return False
         dynamic, self._dynamic = self._dynamic, None
         self._live = LiveModel(self._model, dtype=self._dtype, linearize=self._linearize)
         try:
@@ -384,6 +392,15 @@ class KerasGradientProvider:
         _copy_refused[self._model] = True
         self._shapes.clear()
         return True
+
+    def _full_width_weights_bytes(self) -> int:
+        """What the live route's float substitutes of every weight take."""
+        floats = [
+            math.prod(int(d) for d in v.shape)
+            for v in self._model.weights
+            if keras.backend.standardize_dtype(v.dtype).startswith(("float", "bfloat"))
+        ]
+        return sum(floats) * self._budget.itemsize
 
     def _probe_input(self, shape: tuple[int, ...]) -> np.ndarray:
         if self._linearize:
