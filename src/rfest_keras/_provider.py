@@ -47,11 +47,11 @@ __all__ = ["MODEL_OUTPUT", "KerasGradientProvider", "provider"]
 
 _lock = threading.RLock()
 _MAX_PROGRAMS = 4
+"""Outputs measured with compiled programs in one call; more (a report of every layer)
+stay eager: each program costs a trace of the model, several eager passes' worth."""
 _TRACE_PER_BUILD = 1.5
 """A trace of the copy costs about this many times building it (measured: MobileNetV3Small,
 EfficientNetB0, NASNetMobile on TensorFlow 2.21)."""
-"""Outputs measured with compiled programs in one call; more (a report of every layer)
-stay eager: each program costs a trace of the model, several eager passes' worth."""
 _copy_refused: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
 
 
