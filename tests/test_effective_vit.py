@@ -9,6 +9,7 @@ A 4x4-pixel patch embedding (conv, stride 4) on a 32 x 32 input gives an 8 x 8 p
 from __future__ import annotations
 
 import copy
+import warnings
 
 import numpy as np
 import pytest
@@ -120,11 +121,14 @@ def test_patch_embedding_tokens_see_exactly_their_patch() -> None:
     assert erf.area_ratio[0.9] is not None and erf.area_ratio[0.9] <= 1.0
 
 
-def test_fixed_size_vit_warns_that_the_theoretical_field_is_missing() -> None:
-    # The learned position embedding has 65 rows: only 32 x 32 inputs work, and
-    # rfest.compute must probe other sizes.
+def test_fixed_size_vit_has_a_global_theoretical_field() -> None:
+    # The learned position embedding has 65 rows: only 32 x 32 inputs work. Every token
+    # sees every patch through attention, so the field at the one size the model takes is
+    # global (tests/test_fixed_size_models.py checks that against autograd), and the
+    # effective field is compared with the whole input.
     vit = TinyViT(class_token=True)
-    with pytest.warns(TheoreticalFieldWarning, match="theoretical=False"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TheoreticalFieldWarning)
         erf = effective(
             vit,
             (3, 32, 32),
@@ -133,7 +137,9 @@ def test_fixed_size_vit_warns_that_the_theoretical_field_is_missing() -> None:
             prefix_tokens=1,
             num_images=2,
         )
-    assert erf.receptive_field is None and erf.area_ratio[0.9] is None
+    assert erf.receptive_field is not None and erf.receptive_field.is_global
+    ratio = erf.area_ratio[0.9]
+    assert ratio is not None and 0 < ratio <= 1.0
 
 
 def test_token_layout_errors() -> None:

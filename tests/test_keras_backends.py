@@ -42,7 +42,7 @@ def test_keras_tests_pass_on_backend(backend: str, group: str) -> None:
     env = {**os.environ, "KERAS_BACKEND": backend, "RFEST_KERAS_CHILD": "1"}
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x"]
     result = subprocess.run(
-        [*command, *(str(HERE / m) for m in GROUPS[group])],
+        [*command, *(a if a.startswith("-") else str(HERE / a) for a in GROUPS[group])],
         env=env,
         capture_output=True,
         text=True,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 
 # oneDNN's CPU convolution gradients crash on the thin probes (TF 2.21): see docs/keras.md.
@@ -216,6 +217,21 @@ def test_multi_input_model_needs_input() -> None:
     assert geometry(rf) == ((5, 5), (1, 1), (1, 1))  # same k3 pads 1: first -1, r3 + 2
     rf = rfest.compute(model, (20, 20, 1), input="mask")
     assert geometry(rf) == ((3, 3), (1, 1), (0, 0))
+
+
+def test_siamese_towers_with_fixed_inputs_grow_together() -> None:
+    # One tower (k3, pool 2, k3; r 3 + 1 + 2 * 2 = 8, stride 2) applied to two fixed-size
+    # inputs whose outputs are subtracted: the field outgrows 32, so the probe grows past
+    # the declared size and the twin input must follow it or the branches cannot meet.
+    tower = keras.Sequential(
+        [keras.Input((32, 32, 1)), L.Conv2D(2, 3), L.MaxPooling2D(), L.Conv2D(2, 3)], name="tower"
+    )
+    left, right = keras.Input((32, 32, 1), name="left"), keras.Input((32, 32, 1), name="right")
+    model = keras.Model([left, right], L.Subtract(name="diff")([tower(left), tower(right)]))
+    before = [v.numpy().copy() for v in model.weights]
+    rf = rfest.compute(model, input="left", output="diff", max_input_size=64)
+    assert geometry(rf) == ((8, 8), (2, 2), (0, 0))
+    assert all(np.array_equal(a, v.numpy()) for a, v in zip(before, model.weights, strict=True))
 
 
 def test_subclassed_model() -> None:

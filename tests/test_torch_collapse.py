@@ -19,6 +19,7 @@ from torch import nn  # noqa: E402
 
 import rfest  # noqa: E402
 from rfest_torch._provider import TorchGradientProvider  # noqa: E402
+from test_torch_swin import TinySwin  # noqa: E402
 from torch_models import ResNet50  # noqa: E402
 
 
@@ -103,6 +104,53 @@ class Normalized(nn.Module):
         return self.conv((x - self.mean) / self.std)
 
 
+class TokenAttention(nn.Module):
+    """Tokens ``(N, T, C)`` through attention written three ways: ``nn.MultiheadAttention``
+    inside ``nn.TransformerEncoderLayer``; heads split by a reshape and
+    ``F.scaled_dot_product_attention`` (timm); ``nn.MultiheadAttention`` called with a
+    banded boolean mask, a key padding mask and its averaged weights used; then a
+    ``tokens @ weight`` over the features."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind, dim = kind, 8
+        self.embed = nn.Conv2d(3, dim, 2, stride=2)
+        self.layer = nn.TransformerEncoderLayer(dim, 2, 16, batch_first=True, norm_first=True)
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.mha = nn.MultiheadAttention(dim, 2, batch_first=True)
+        self.composite = nn.MultiheadAttention(dim, 2, batch_first=True, add_bias_kv=True)
+        self.mix = nn.Parameter(torch.rand(dim, dim))
+        self.cls = nn.Parameter(torch.rand(1, 1, dim))
+        self.positions = nn.Parameter(torch.rand(1, 64, dim))
+        self.layer_scale = nn.Parameter(torch.full((dim,), 1e-5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.embed(x)
+        n, c, h, w = t.shape
+        tokens = t.flatten(2).transpose(1, 2)
+        if self.kind == "encoder layer":
+            tokens = self.layer(self.layer(tokens))
+        elif self.kind == "class token":  # timm's ViT: a class token, learned positions
+            cls = self.cls.expand(n, -1, -1)
+            tokens = torch.cat([cls, tokens], 1) + self.positions[:, : h * w + 1]
+            tokens = self.layer(tokens)[:, 1:] * self.layer_scale
+        elif self.kind == "composite":  # bias_k: PyTorch's composite, heads in the batch
+            tokens = tokens + self.composite(tokens, tokens, tokens, need_weights=False)[0]
+        elif self.kind == "heads by reshape":
+            qkv = self.qkv(tokens).reshape(n, h * w, 3, 2, c // 2).permute(2, 0, 3, 1, 4)
+            out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], is_causal=True)
+            tokens = tokens + self.proj(out.transpose(1, 2).reshape(n, h * w, c))
+        else:
+            i = torch.arange(h * w)
+            far = (i[:, None] - i[None, :]).abs() > w  # a band: the token's row and the next
+            padding = torch.zeros(n, h * w, dtype=torch.bool)
+            padding[:, -1] = True
+            out, weights = self.mha(tokens, tokens, tokens, attn_mask=far, key_padding_mask=padding)
+            tokens = out + weights @ tokens
+        tokens = tokens @ self.mix  # a product over the features, with a weight
+        return tokens.transpose(1, 2).reshape(n, c, h, w)
+
+
 def channel_shuffle(x: torch.Tensor, groups: int = 2) -> torch.Tensor:
     n, c, h, w = x.shape
     return x.view(n, groups, c // groups, h, w).transpose(1, 2).contiguous().view(n, c, h, w)
@@ -159,13 +207,39 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], bool]] = {
         lambda: nn.Sequential(
             nn.Conv2d(3, 4, 3),
             Lambda(lambda x: torch.cat([x, F.pad(x, (0, 0, 2, 0))], 2)),
-            Lambda(lambda x: x.view(x.shape[0], -1)),
+            Lambda(lambda x: x.view(x.shape[0], -1)),  # merges channels with rows: a copy
             nn.Linear(4 * 22 * 14, 5),
         ),
         (3, 12, 16),
-        False,
+        True,
     ),
     "in-place residual": (InPlaceResidual, (4, 20, 20), True),
+    "tokens through nn.TransformerEncoderLayer": (
+        lambda: TokenAttention("encoder layer"),
+        (3, 12, 16),
+        True,
+    ),
+    "tokens with a class token, learned positions and layer scale": (
+        lambda: TokenAttention("class token"),
+        (3, 12, 16),
+        True,
+    ),
+    "tokens, nn.MultiheadAttention's own composite (bias_k)": (
+        lambda: TokenAttention("composite"),
+        (3, 12, 16),
+        True,
+    ),
+    "tokens, heads split by a reshape, causal attention": (
+        lambda: TokenAttention("heads by reshape"),
+        (3, 12, 16),
+        True,
+    ),
+    "tokens, banded and padding masks, attention weights used": (
+        lambda: TokenAttention("masks and weights"),
+        (3, 12, 16),
+        True,
+    ),
+    "windowed and shifted-window attention (Swin-like)": (TinySwin, (3, 40, 36), True),
     "in-place add of mixed channels": (InPlaceWithMixedChannels, (3, 20, 20), False),
     "input channels of opposite sign": (ChannelDifference, (2, 15, 15), True),
     "normalization constants": (Normalized, (3, 17, 17), True),

@@ -173,3 +173,33 @@ def test_swin_masks_of_minus_100_read_as_masked() -> None:
             TinySwin(masked=-100.0), input_shape=(3, 64, 64), output="blocks.1", max_input_size=256
         )
     assert rf.size == (HAND["blocks.1"],) * 2 and not rf.uniform
+
+
+class SwinClassifier(nn.Module):
+    """TinySwin, then global average pooling and a 1 x 1 head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.swin = TinySwin()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Conv2d(16, 10, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.pool(self.swin(x)))
+
+
+def test_report_shows_the_field_growing_block_by_block_until_global() -> None:
+    # Hand values (module docstring): the 4 x 4 patch embedding sees 4 pixels, the blocks
+    # 16, 32, 64, 96 (windows repeat every 4 tokens: 16 px in stage 1, 32 in stage 2),
+    # and the pooled head sees everything.
+    names = ["swin.embed", *(f"swin.{b}" for b in BLOCKS), "pool", "head"]
+    report = rfest.report(SwinClassifier(), (3, 64, 64), layers=names, max_input_size=256)
+    records = {r.name: r for r in report}
+    assert records["swin.embed"].size == (4, 4) and records["swin.embed"].uniform
+    for block in BLOCKS:
+        record = records[f"swin.{block}"]
+        assert record.size == (HAND[block],) * 2 and record.status == "non-uniform"
+        assert record.period == (WINDOW, WINDOW)
+    assert records["swin.blocks.1"].period_step == (16, 16)
+    assert records["swin.blocks.3"].period_step == (32, 32)
+    assert records["pool"].is_global and records["head"].is_global

@@ -468,8 +468,10 @@ def _measure_axis(
     periodic_tried = False
     realigned = False  # went back from the cap to a size that keeps the user's residue
     placed = misplaced = False  # the run placed on the first unit predicted inside; in vain
+    whole_at_base = False
     while True:
         probe = _probe(provider, output_name, base, base_out, axis, n, m, centre)
+        whole_at_base = whole_at_base or (n == n0 and probe.whole and m > 1)
         grow_to: int | None = None
         fit: AxisGeometry | None = None
         if probe.whole:
@@ -480,9 +482,7 @@ def _measure_axis(
                 cap,
                 _next_size(probe, n0, stride, cap)[0],
                 lambda k: _output_len(provider, output_name, base, axis, k),
-                lambda k, ends: (
-                    _probe(provider, output_name, base, base_out, axis, k, 0, 0, ends).supports
-                ),
+                lambda k, ends: _end_supports(provider, output_name, base, axis, k, ends),
             )
             if jump is not None and jump.is_global:
                 return AxisGeometry(None, None, None, True, jump.n)  # attention and the like
@@ -521,18 +521,49 @@ def _measure_axis(
                 if probe.whole
                 else "no unit's field lies wholly inside a probe input of size"
             )
+            hint = (
+                f" Every unit sees the whole input at the size given ({n0}): if the field "
+                f"depends on the input size (grid attention whose spacing scales with the "
+                f"input, as in MaxViT), it has no size-independent description, and at "
+                f"{n0} it is global."
+                if whole_at_base and not probe.whole
+                else ""
+            )
             raise ProbeSizeError(
                 f"the receptive field of output {output_name!r} along axis {axis} does not "
                 f"fit: {seen} {n} (the cap). Raise the cap with max_input_size=..., or "
-                f"choose an earlier output"
+                f"choose an earlier output.{hint}"
             )
         if grow_to is not None:
             n, inside = grow_to, None
         else:
             n, inside = _next_size(probe, n0, stride, cap, fit)
-        n, m = _runnable(provider, output_name, base, axis, n0, n, stride, cap)
+        try:
+            n, m = _runnable(provider, output_name, base, axis, n0, n, stride, cap)
+        except RFEstError:
+            if probe.whole and probe.m > 1:
+                # every unit sees all of the largest input the model takes (a ViT whose
+                # position table fixes its token count): global at every size it runs at
+                return AxisGeometry(None, None, None, True, probe.n)
+            raise
         placed = inside is not None and not misplaced
         centre = min(inside, m - 1) if inside is not None and placed else m // 2
+
+
+def _end_supports(
+    provider: GradientProvider,
+    output_name: str,
+    base: tuple[int, ...],
+    axis: int,
+    n: int,
+    ends: Sequence[int],
+) -> tuple[Interval, ...]:
+    """Supports of the units ``ends`` along ``axis`` at size ``n``, on an input thin in the
+    other axes: at the cap a full-width probe of an attention model holds tokens**2 scores
+    (gigabytes), and thinning can only hide gradient, so whole ends stay a sound verdict."""
+    thin = _thin_shape(provider, output_name, base, axis) or base
+    thin_out = _output_shape(provider, thin, output_name)
+    return _probe(provider, output_name, thin, thin_out, axis, n, 0, 0, ends).supports
 
 
 def _aligned_below_cap(n0: int, n: int, cap: int, fit: AxisGeometry | None) -> int | None:
@@ -851,12 +882,13 @@ def _check_growth(
     if not fit.uniform or fit.stride is None:
         return True
     n0 = base[axis]
-    try:
-        m1 = _output_len(provider, output_name, base, axis, n0 + fit.stride)
-        if m1 == m0 + 1:
-            return True
-        far = _output_len(provider, output_name, base, axis, n0 + 16 * fit.stride)
-    except RFEstError:
+    m1 = _output_len_or_none(provider, output_name, base, axis, n0 + fit.stride)
+    if m1 == m0 + 1:
+        return True
+    far = _output_len_or_none(provider, output_name, base, axis, n0 + 16 * fit.stride)
+    if m1 is None and far is None:
+        return True  # a model that takes no larger input: the fit at its size stands
+    if m1 is None or far is None:
         return False
     if far == m0:
         raise SizeDependentGeometryError(
@@ -880,6 +912,15 @@ def _far_output_len(
         except RFEstError:
             continue
     return None
+
+
+def _output_len_or_none(
+    provider: GradientProvider, output_name: str, base: tuple[int, ...], axis: int, n: int
+) -> int | None:
+    try:
+        return _output_len(provider, output_name, base, axis, n)
+    except RFEstError:
+        return None
 
 
 def _output_len(

@@ -11,7 +11,8 @@ no live operand run unchanged. With ``linearize=True``, on live operands:
 
 - pointwise nonlinearities (``tanh``, ``logistic``, ``erf``, ``exp``, ``integer_pow``...)
   act as identity; ``max``/``min``/``select_n`` (ReLU, ``where``) as the mean of their live
-  operands; ``clamp`` as identity;
+  operands; ``clamp`` as identity; a ``select_n`` whose predicate does not depend on the
+  input (an attention mask) takes each entry's case, a mask's fill (``-inf``) reading as 0;
 - ``reduce_max``/``reduce_min`` act as the mean, ``reduce_window_max``/``_min`` as the
   windowed mean of the same geometry, ``cummax``-style scans as ``cumsum``;
 - normalisation acts as identity: subtracting a statistic (centering) is dropped and
@@ -478,15 +479,43 @@ def _div(rules: _Rules, eqn: Any, invals: list[Value]) -> Value:
     return _live(invals)[0]
 
 
+MASK_FILL = -50.0
+"""A constant case of ``where`` at or below this (``-inf``, ``finfo.min``, ``-1e9``) that an
+input-independent mask selects is an attention mask's fill: ``exp`` makes it an exact zero
+weight in the network's softmax, so the linearized value there is 0 (rfest_torch reads
+softmax inputs this far below their row's maximum as masked alike)."""
+
+
 def _select(rules: _Rules, eqn: Any, invals: list[Value]) -> Value:
-    cases = invals[1:]
+    predicate, cases = invals[0], invals[1:]
     if not any(v.live for v in cases):
         if rules.narrow:
             (out,) = rules._bind_narrowed(eqn, invals)
         else:
             (out,) = rules._bind(eqn, invals, live=True)
         return out
-    return _mean_of_live(cases)
+    if predicate.live:  # ReLU and the like: which case is taken depends on the input
+        return _mean_of_live(cases)
+    return _routed(predicate, cases)
+
+
+def _routed(predicate: Value, cases: list[Value]) -> Value:
+    """``where(mask, x, fill)`` with a mask that does not depend on the input (causal,
+    banded, windowed attention): each entry takes its case, as in the network, so masked
+    entries carry no gradient; a mask's fill (see :data:`MASK_FILL`) reads as 0."""
+    arrays = [v.array if v.live else _unfilled(v.array) for v in cases]
+    shape = jnp.broadcast_shapes(*(jnp.shape(a) for a in (predicate.array, *arrays)))
+    out = lax.select_n(
+        jnp.broadcast_to(predicate.array, shape), *(jnp.broadcast_to(a, shape) for a in arrays)
+    )
+    return Value(out, True, all(v.stat for v in cases if v.live))
+
+
+def _unfilled(constant: Any) -> Any:
+    array = jnp.asarray(constant)
+    if not jnp.issubdtype(array.dtype, jnp.floating):
+        return array
+    return jnp.where(jnp.isfinite(array) & (array > MASK_FILL), array, jnp.zeros_like(array))
 
 
 def _max_min(rules: _Rules, eqn: Any, invals: list[Value]) -> Value:

@@ -4,9 +4,11 @@ Per input shape the model is traced once (``jax.make_jaxpr``) into a program tha
 every named value; output shapes come from the trace without computing anything. A
 gradient map evaluates only the equations its output needs, linearized (see
 :mod:`rfest_jax._interpret`), on ONE positive sample, and pulls the probed units back in
-one ``vmap`` over cotangents, so probes cannot mix through batch statistics. float64 runs
-inside ``jax.enable_x64(True)``, which restores the user's setting on exit. The user's
-arrays are never written: params enter as arguments, and linearized params are new arrays.
+one ``vmap`` over cotangents, so probes cannot mix through batch statistics. Narrowed,
+that pullback is traced and run in numpy (:mod:`rfest_jax._numpy_eval`); otherwise it is
+compiled by XLA, once per shape, output and probe count. float64 runs inside
+``jax.enable_x64(True)``, which restores the user's setting on exit. The user's arrays are
+never written: params enter as arguments, and linearized params are new arrays.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import numpy as np
 from rfest import InputShapeError, OptionError, OutputNotFoundError, kit
 from rfest_jax._interpret import Value, evaluate, needed_equations
 from rfest_jax._models import MODEL_KEY, Model, as_model
+from rfest_jax._numpy_eval import NumpyProgram, Unsupported, numpy_program
 from rfest_jax._shared import Shared, shared_for
 
 __all__ = ["JaxGradientProvider", "provider"]
@@ -137,7 +140,7 @@ class JaxGradientProvider:
 
     @property
     def thin_probes(self) -> bool:
-        """Narrowed, a probe costs its compilation, not its size: fewer shapes pay more."""
+        """Narrowed, a probe costs its trace of the model, not its size: fewer shapes pay."""
         return not self._narrowing
 
     @property
@@ -179,11 +182,15 @@ class JaxGradientProvider:
         with self._precision():
             x = self._probe_input((1, *spatial_shape, self._channels))
             maps = self._compiled(trace, output_name, x, cotangents)
-            result = maps(self._param_leaves(), x, jax.device_put(cotangents))
+            result = maps(self._param_leaves(), x, cotangents)
             return np.asarray(result, dtype=np.float64)
 
     def _compiled(self, trace: _Trace, name: str, x: Any, cotangents: np.ndarray) -> Any:
-        """``maps(params, x, cotangents)``, compiled once per input shape, output and batch."""
+        """``maps(params, x, cotangents)``, built once per input shape, output and batch.
+
+        Narrowed, the program runs in numpy where it can (see :mod:`rfest_jax._numpy_eval`):
+        compiling it would cost a hundred times what running it does, at every new shape.
+        """
         key = (
             self._key(name),  # a layer named "output" is not the model's output
             tuple(x.shape),
@@ -201,12 +208,19 @@ class JaxGradientProvider:
                 (grads,) = jax.vmap(pullback)(cotangents)
                 return jnp.abs(grads).sum(axis=-1)[:, 0]
 
-            # No compiler_options here: xla_backend_optimization_level=1 halves compile time
-            # but the whole suite (TensorFlow in the same process) then aborts.
-            lowered = jax.jit(maps).lower(self._param_leaves(), x, cotangents)
-            compiled = lowered.compile()
-            trace.compiled[key] = compiled
-            return compiled
+            params = self._param_leaves()
+            program: Any = None
+            if self._narrowing:
+                closed = jax.make_jaxpr(maps)(params, x, cotangents)
+                program = numpy_program(closed)
+            if program is None:
+                # No compiler_options here: xla_backend_optimization_level=1 halves compile
+                # time but the whole suite (TensorFlow in the same process) then aborts.
+                program = jax.jit(maps).lower(params, x, cotangents).compile()
+            else:
+                program = _NumpyMaps(program, jax.jit(maps))
+            trace.compiled[key] = program
+            return program
 
     def input_gradients(
         self, inputs: np.ndarray, output_name: str, unit: tuple[int, ...]
@@ -336,6 +350,23 @@ class JaxGradientProvider:
         return kit.output_spatial_shape(
             name, trace.shapes[self._key(name)], spatial_axes, "channels_last"
         )
+
+
+class _NumpyMaps:
+    """A gradient-map program run in numpy; compiled by ``jitted`` if numpy cannot run it."""
+
+    def __init__(self, program: NumpyProgram, jitted: Any) -> None:
+        self._program: NumpyProgram | None = program
+        self._jitted = jitted
+
+    def __call__(self, params: list[Any], x: Any, cotangents: np.ndarray) -> Any:
+        if self._program is not None:
+            try:
+                (maps,) = self._program(*jax.tree.leaves([params, x, cotangents]))
+                return maps
+            except Unsupported:
+                self._program = None
+        return self._jitted(params, x, cotangents)
 
 
 def _default_float() -> Any:

@@ -539,6 +539,7 @@ class KerasGradientProvider:
         if len(inputs) <= 1:
             return lambda x: x
         index = self._input_index
+        declared = [tuple(tensor.shape[1:-1]) for tensor in self._model.inputs]
 
         def feed(x: Any) -> list[Any]:
             batch, spatial = int(x.shape[0]), tuple(int(s) for s in x.shape[1:-1])
@@ -548,7 +549,11 @@ class KerasGradientProvider:
                     values.append(x)
                     continue
                 shape = list(tensor.shape[1:])
-                if None in shape:
+                if declared[i] == declared[index]:
+                    # a twin of the measured input (siamese towers, image pairs) is probed
+                    # at the same size, so that the branches still meet
+                    shape = [*spatial, shape[-1]]
+                elif None in shape:
                     if len(shape) != len(spatial) + 1 or shape[-1] is None:
                         raise InputShapeError(
                             f"input {i} of the model has free sizes {tuple(shape)} that rfest "

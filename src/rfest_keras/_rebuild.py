@@ -203,7 +203,10 @@ def _set_input_size(
     if names and isinstance(names[0], str):
         names = [names]
     wanted = names[input_index][0]
-    for entry in config["layers"]:
-        if entry["class_name"] == "InputLayer" and entry["config"]["name"] == wanted:
-            shape = entry["config"]["batch_shape"]
+    inputs = [e for e in config["layers"] if e["class_name"] == "InputLayer"]
+    declared = [e["config"]["batch_shape"][1:-1] for e in inputs if e["config"]["name"] == wanted]
+    for entry in inputs:
+        shape = entry["config"]["batch_shape"]
+        # a twin of the measured input (siamese towers, image pairs) follows its size
+        if entry["config"]["name"] == wanted or [shape[1:-1]] == declared:
             entry["config"]["batch_shape"] = [shape[0], *spatial, shape[-1]]

@@ -8,7 +8,8 @@ module is swapped and the model is not copied. The parameters are replaced separ
 - pointwise nonlinearities and normalisation act as identity;
 - products of two input-dependent factors (gates, attention) are rescaled and softmax
   acts through its support (:mod:`rfest_torch._products`); the Python composite
-  ``F.multi_head_attention_forward`` is run so that the mode sees its parts;
+  ``F.multi_head_attention_forward`` is run written out so that the mode sees its parts
+  (:mod:`rfest_torch._attention`);
 - max pooling (also adaptive, also ``torch.max``/``amax`` reductions) acts as average
   pooling of the same window; elementwise ``maximum``/``minimum`` act as the mean;
 - dropout acts as identity (the real model's dropout is random).
@@ -24,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from rfest_torch._attention import multi_head_attention
 from rfest_torch._products import products_table, transparent
 
 __all__ = ["EvalMode", "LinearizedMode"]
@@ -255,6 +257,9 @@ class LinearizedMode(_ReplacingMode):
     composites: ClassVar[dict[Any, _Replacement]] = {
         F.multi_head_attention_forward: transparent(F.multi_head_attention_forward)
     }
+    written_out: ClassVar[dict[Any, Callable[[_Replacement], _Replacement]]] = {
+        F.multi_head_attention_forward: multi_head_attention
+    }
 
     def __torch_function__(
         self,
@@ -266,8 +271,14 @@ class LinearizedMode(_ReplacingMode):
         composite = self.composites.get(func)
         if composite is None:
             return super().__torch_function__(func, types, args, kwargs)
-        with self:  # the mode is off while it handles a call: back on for the parts
-            return composite(*args, **(kwargs or {}))
+
+        def parts(*args: Any, **kwargs: Any) -> Any:
+            with self:  # the mode is off while it handles a call: back on for the parts
+                return composite(*args, **kwargs)
+
+        written = self.written_out.get(func)
+        run = parts if written is None else written(parts)  # runs with the mode off
+        return run(*args, **(kwargs or {}))
 
 
 class EvalMode(_ReplacingMode):

@@ -40,6 +40,7 @@ __all__ = [
     "bilinear",
     "linear_softmax",
     "products_table",
+    "rescaled_matmul",
     "transparent",
 ]
 
@@ -171,7 +172,7 @@ def _attention(
         key = key.repeat_interleave(repeat, -3)
         value = value.repeat_interleave(repeat, -3)
     factor = 1 / math.sqrt(query.size(-1)) if scale is None else scale
-    scores = _matmul(query, key.transpose(-2, -1)) * factor
+    scores = rescaled_matmul(query, key.transpose(-2, -1)) * factor
     if is_causal:
         causal = torch.ones(
             query.size(-2), key.size(-2), dtype=torch.bool, device=query.device
@@ -182,7 +183,7 @@ def _attention(
             scores = scores.masked_fill(~attn_mask, -math.inf)
         else:
             scores = scores + attn_mask
-    return _matmul(linear_softmax(scores, -1), value)
+    return rescaled_matmul(linear_softmax(scores, -1), value)
 
 
 def _dense_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -191,7 +192,8 @@ def _dense_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.matmul(a.contiguous(), b.contiguous())
 
 
-_matmul = bilinear(_dense_matmul)
+rescaled_matmul = bilinear(_dense_matmul)
+"""``a @ b``, rescaled when both factors depend on the input (see module docstring)."""
 
 
 def transparent(function: _Function) -> _Function:

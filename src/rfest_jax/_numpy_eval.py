@@ -1,0 +1,363 @@
+"""Run a small traced program (a jaxpr) in numpy, with no XLA compilation.
+
+Narrowed, the pullback of a linearized network is a chain of one-channel windowed sums,
+products with constants and residual sums: computing it takes milliseconds, while XLA
+takes about 20 ms per kernel to compile it, for every new probe shape (a second for a
+ResNet-50), and JAX's eager mode compiles every operation per shape too. So such
+programs run here, one numpy call per equation, when every primitive in them is one of
+:data:`_RULES`; :func:`numpy_program` returns None otherwise and the caller compiles.
+Each rule follows the primitive's ``jax.lax`` semantics; every result is checked against
+the shape the trace recorded (a mismatch raises :class:`Unsupported`, and the caller
+compiles instead) and cast to the recorded dtype.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from jax.extend.core import ClosedJaxpr, Jaxpr, Literal, Var
+
+__all__ = ["NumpyProgram", "Unsupported", "numpy_program"]
+
+_CALLS = ("jit", "pjit")  # nested programs held as a ClosedJaxpr in params["jaxpr"]
+
+
+class Unsupported(Exception):
+    """The program holds something these rules do not compute: compile it instead."""
+
+
+class NumpyProgram:
+    """``program(*args)``: the outputs of a jaxpr, computed in numpy."""
+
+    def __init__(self, closed: ClosedJaxpr) -> None:
+        jaxpr = closed.jaxpr
+        # Only what the outputs need: a pullback's trace holds its whole forward pass.
+        needed = {v for v in jaxpr.outvars if isinstance(v, Var)}
+        keep = []
+        for eqn in reversed(jaxpr.eqns):
+            if any(v in needed for v in eqn.outvars):
+                keep.append(eqn)
+                needed.update(v for v in eqn.invars if isinstance(v, Var))
+        self._jaxpr: Jaxpr = jaxpr.replace(eqns=keep[::-1])
+        self._consts = list(closed.consts)  # converted in _run, where used
+
+    @property
+    def jaxpr(self) -> Jaxpr:
+        return self._jaxpr
+
+    def __call__(self, *args: Any) -> list[np.ndarray]:
+        with np.errstate(all="ignore"):  # as XLA: overflow gives inf, 0/0 nan, silently
+            return _run(self._jaxpr, self._consts, list(args))
+
+
+def numpy_program(closed: ClosedJaxpr) -> NumpyProgram | None:
+    """``closed`` as a numpy program, or None when it uses a primitive without a rule."""
+    program = NumpyProgram(closed)
+    return program if _supported(program.jaxpr) else None
+
+
+def _supported(jaxpr: Jaxpr) -> bool:
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        if name in _CALLS:
+            if not _supported(eqn.params["jaxpr"].jaxpr):
+                return False
+        elif name not in _RULES:
+            return False
+    return True
+
+
+def _run(jaxpr: Jaxpr, consts: Sequence[Any], args: Sequence[Any]) -> list[np.ndarray]:
+    last_use: dict[Var, int] = {}
+    for index, eqn in enumerate(jaxpr.eqns):
+        for v in eqn.invars:
+            if isinstance(v, Var):
+                last_use[v] = index
+    env: dict[Var, Any] = {}
+    kept = {v for v in jaxpr.outvars if isinstance(v, Var)}
+    for var, value in zip([*jaxpr.constvars, *jaxpr.invars], [*consts, *args], strict=True):
+        if var in last_use or var in kept:
+            env[var] = np.asarray(value)
+
+    def read(v: Any) -> Any:
+        if isinstance(v, Literal):
+            aval: Any = v.aval
+            return np.asarray(v.val, dtype=aval.dtype)
+        return env[v]
+
+    for index, eqn in enumerate(jaxpr.eqns):
+        invals = [read(v) for v in eqn.invars]
+        name = eqn.primitive.name
+        if name in _CALLS:
+            sub = eqn.params["jaxpr"]
+            outs = _run(sub.jaxpr, [np.asarray(c) for c in sub.consts], invals)
+        else:
+            out = _RULES[name](*invals, **eqn.params)
+            outs = list(out) if eqn.primitive.multiple_results else [out]
+        for var, value in zip(eqn.outvars, outs, strict=True):
+            array = np.asarray(value)
+            aval: Any = var.aval
+            if array.shape != tuple(aval.shape):
+                raise Unsupported(f"{name}: shape {array.shape}, traced {aval.shape}")
+            env[var] = array.astype(aval.dtype, copy=False)
+        for v in eqn.invars:
+            if isinstance(v, Var) and last_use.get(v) == index and v not in kept:
+                env.pop(v, None)
+    return [read(v) for v in jaxpr.outvars]
+
+
+def _broadcast_in_dim(
+    x: np.ndarray, *, shape: Sequence[int], broadcast_dimensions: Sequence[int], **_: Any
+) -> np.ndarray:
+    expanded = [1] * len(shape)
+    for axis, dim in enumerate(broadcast_dimensions):
+        expanded[dim] = x.shape[axis]
+    return np.broadcast_to(x.reshape(expanded), tuple(shape))
+
+
+def _reshape(x: np.ndarray, *, new_sizes: Sequence[int], dimensions: Any, **_: Any) -> Any:
+    if dimensions is not None:
+        raise Unsupported("reshape with dimensions")
+    return x.reshape(tuple(new_sizes))
+
+
+def _pad(
+    x: np.ndarray, value: np.ndarray, *, padding_config: Sequence[tuple[int, int, int]]
+) -> np.ndarray:
+    for axis, (_, _, interior) in enumerate(padding_config):
+        n = x.shape[axis]
+        if interior and n > 1:
+            shape = list(x.shape)
+            shape[axis] = n + (n - 1) * interior
+            spread = np.full(shape, value, dtype=x.dtype)
+            index = [slice(None)] * x.ndim
+            index[axis] = slice(None, None, interior + 1)
+            spread[tuple(index)] = x
+            x = spread
+    cut = tuple(
+        slice(max(-lo, 0), n - max(-hi, 0))
+        for n, (lo, hi, _) in zip(x.shape, padding_config, strict=True)
+    )
+    x = x[cut]
+    if all(lo <= 0 and hi <= 0 for lo, hi, _ in padding_config):
+        return x
+    pads = [(max(lo, 0), max(hi, 0)) for lo, hi, _ in padding_config]
+    shape = [n + lo + hi for n, (lo, hi) in zip(x.shape, pads, strict=True)]
+    out = np.zeros(shape, x.dtype) if not value else np.full(shape, value, x.dtype)
+    out[tuple(slice(lo, lo + n) for n, (lo, _) in zip(x.shape, pads, strict=True))] = x
+    return out
+
+
+def _reduce_window_sum(
+    x: np.ndarray,
+    *,
+    window_dimensions: Sequence[int],
+    window_strides: Sequence[int],
+    padding: Sequence[tuple[int, int]],
+    base_dilation: Sequence[int],
+    window_dilation: Sequence[int],
+) -> np.ndarray:
+    # A window sum is separable: one axis at a time, each tap added where it lands, so
+    # neither the zero padding nor the zeros of a base dilation (the pullback of a strided
+    # convolution) are ever written out.
+    for axis, (w, s, (lo, hi), b, d) in enumerate(
+        zip(window_dimensions, window_strides, padding, base_dilation, window_dilation, strict=True)
+    ):
+        if w == 1 and s == 1 and lo == 0 and hi == 0 and b == 1:
+            continue
+        n = x.shape[axis]
+        count = max(((n - 1) * b + 1 + lo + hi - (w - 1) * d - 1) // s + 1, 0)
+        shape = list(x.shape)
+        shape[axis] = count
+        out = np.zeros(shape, dtype=x.dtype)
+        for k in range(w):
+            offset = k * d - lo  # output i reads the dilated input at i * s + offset
+            taps = _taps(n, count, s, b, offset)
+            if taps is not None:
+                (i0, i1, i_step), (j0, j1, j_step) = taps
+                target = [slice(None)] * x.ndim
+                source = [slice(None)] * x.ndim
+                target[axis] = slice(i0, i1, i_step)
+                source[axis] = slice(j0, j1, j_step)
+                np.add(out[tuple(target)], x[tuple(source)], out=out[tuple(target)])
+        x = out
+    return x
+
+
+def _taps(
+    n: int, count: int, s: int, b: int, offset: int
+) -> tuple[tuple[int, int, int], tuple[int, int, int]] | None:
+    """Outputs ``i`` and inputs ``j`` with ``i * s + offset == j * b``, as two slices."""
+    if b == 1:  # j = i * s + offset, 0 <= j < n
+        i_min = max(0, _ceil_div(-offset, s))
+        i_max = min(count - 1, (n - 1 - offset) // s)
+        if i_min > i_max:
+            return None
+        j0 = i_min * s + offset
+        return (i_min, i_max + 1, 1), (j0, i_max * s + offset + 1, s)
+    if s == 1:  # i = j * b - offset, 0 <= i < count
+        j_min = max(0, _ceil_div(offset, b))
+        j_max = min(n - 1, (count - 1 + offset) // b)
+        if j_min > j_max:
+            return None
+        return (j_min * b - offset, j_max * b - offset + 1, b), (j_min, j_max + 1, 1)
+    raise Unsupported("a window sum with both a stride and a base dilation")
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _compact(x: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
+    """``x`` without the axes it is broadcast along (kept at length one), and its shape."""
+    index = tuple(
+        slice(0, 1) if stride == 0 and n > 1 else slice(None)
+        for stride, n in zip(x.strides, x.shape, strict=True)
+    )
+    return x[index], x.shape
+
+
+def _elementwise(function: Callable[[Any], Any]) -> Callable[..., Any]:
+    def apply(x: np.ndarray, **_: Any) -> Any:
+        base, shape = _compact(x)
+        return np.broadcast_to(function(base), shape)
+
+    return apply
+
+
+def _reduce_sum(x: np.ndarray, *, axes: Sequence[int], **_: Any) -> Any:
+    base, shape = _compact(x)
+    scale = math.prod(shape[a] for a in axes if base.shape[a] != shape[a])
+    total = np.sum(base, axis=tuple(axes))
+    return total * scale if scale != 1 else total
+
+
+def _dot_general(
+    lhs: np.ndarray,
+    rhs: np.ndarray,
+    *,
+    dimension_numbers: Any,
+    preferred_element_type: Any = None,
+    **_: Any,
+) -> Any:
+    (lc, rc), (lb, rb) = dimension_numbers
+    letters = iter("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+    lhs_sub = [next(letters) for _ in range(lhs.ndim)]
+    rhs_sub: list[str | None] = [None] * rhs.ndim
+    for a, b in zip(lc, rc, strict=True):
+        rhs_sub[b] = lhs_sub[a]
+    for a, b in zip(lb, rb, strict=True):
+        rhs_sub[b] = lhs_sub[a]
+    rhs_letters = [s if s is not None else next(letters) for s in rhs_sub]
+    batch = [lhs_sub[a] for a in lb]
+    lhs_free = [s for a, s in enumerate(lhs_sub) if a not in lc and a not in lb]
+    rhs_free = [s for b, s in enumerate(rhs_letters) if b not in rc and b not in rb]
+    spec = f"{''.join(lhs_sub)},{''.join(rhs_letters)}->{''.join(batch + lhs_free + rhs_free)}"
+    dtype = preferred_element_type or np.result_type(lhs, rhs)
+    return np.einsum(spec, lhs.astype(dtype), rhs.astype(dtype))
+
+
+def _iota(*, dtype: Any, shape: Sequence[int], dimension: int, **_: Any) -> np.ndarray:
+    line = np.arange(shape[dimension], dtype=dtype)
+    expanded = [1] * len(shape)
+    expanded[dimension] = shape[dimension]
+    return np.broadcast_to(line.reshape(expanded), tuple(shape))
+
+
+def _select_n(which: np.ndarray, *cases: np.ndarray) -> np.ndarray:
+    out = cases[0]
+    for k, case in enumerate(cases[1:], start=1):
+        out = np.where(which == k if which.dtype != np.bool_ else which, case, out)
+    return out
+
+
+def _div(a: np.ndarray, b: np.ndarray) -> Any:
+    if np.issubdtype(np.result_type(a, b), np.integer):
+        raise Unsupported("integer division")  # lax rounds towards zero
+    return np.divide(a, b)
+
+
+def _slice(
+    x: np.ndarray,
+    *,
+    start_indices: Sequence[int],
+    limit_indices: Sequence[int],
+    strides: Sequence[int] | None,
+) -> np.ndarray:
+    steps = strides or (1,) * x.ndim
+    return x[
+        tuple(slice(a, b, s) for a, b, s in zip(start_indices, limit_indices, steps, strict=True))
+    ]
+
+
+def _split(x: np.ndarray, *, sizes: Sequence[int], axis: int) -> list[np.ndarray]:
+    return np.split(x, list(itertools.accumulate(sizes))[:-1], axis=axis)
+
+
+def _cumsum(x: np.ndarray, *, axis: int, reverse: bool) -> np.ndarray:
+    if reverse:
+        return np.flip(np.cumsum(np.flip(x, axis), axis=axis), axis)
+    return np.cumsum(x, axis=axis)
+
+
+def _unary(function: Callable[[Any], Any]) -> Callable[..., Any]:
+    return lambda x, **_: function(x)
+
+
+def _binary(function: Callable[[Any, Any], Any]) -> Callable[..., Any]:
+    return lambda a, b, **_: function(a, b)
+
+
+_RULES: dict[str, Callable[..., Any]] = {
+    "abs": _elementwise(np.abs),
+    "neg": _unary(np.negative),
+    "sign": _unary(np.sign),
+    "exp": _unary(np.exp),
+    "log": _unary(np.log),
+    "sqrt": _unary(np.sqrt),
+    "is_finite": _unary(np.isfinite),
+    "not": _unary(np.invert),
+    "copy": _unary(np.array),
+    "copy_p": _unary(np.array),
+    "stop_gradient": _unary(lambda x: x),
+    "integer_pow": lambda x, *, y: np.power(x, y),
+    "add": _binary(np.add),
+    "add_any": _binary(np.add),
+    "sub": _binary(np.subtract),
+    "mul": _binary(np.multiply),
+    "div": _div,
+    "max": _binary(np.maximum),
+    "min": _binary(np.minimum),
+    "and": _binary(np.bitwise_and),
+    "or": _binary(np.bitwise_or),
+    "eq": _binary(np.equal),
+    "ne": _binary(np.not_equal),
+    "ge": _binary(np.greater_equal),
+    "gt": _binary(np.greater),
+    "le": _binary(np.less_equal),
+    "lt": _binary(np.less),
+    "convert_element_type": lambda x, *, new_dtype, **_: x.astype(new_dtype),
+    "broadcast_in_dim": _broadcast_in_dim,
+    "reshape": _reshape,
+    "squeeze": lambda x, *, dimensions: np.squeeze(x, axis=tuple(dimensions)),
+    "expand_dims": lambda x, *, dimensions: np.expand_dims(x, tuple(dimensions)),
+    "transpose": lambda x, *, permutation: np.transpose(x, permutation),
+    "rev": lambda x, *, dimensions: np.flip(x, tuple(dimensions)),
+    "reduce_sum": _reduce_sum,
+    "reduce_max": lambda x, *, axes, **_: np.max(x, axis=tuple(axes)),
+    "reduce_min": lambda x, *, axes, **_: np.min(x, axis=tuple(axes)),
+    "pad": _pad,
+    "reduce_window_sum": _reduce_window_sum,
+    "dot_general": _dot_general,
+    "iota": _iota,
+    "select_n": _select_n,
+    "slice": _slice,
+    "split": _split,
+    "concatenate": lambda *xs, dimension: np.concatenate(xs, axis=dimension),
+    "cumsum": _cumsum,
+    "clamp": lambda lo, x, hi: np.clip(x, lo, hi),
+}
