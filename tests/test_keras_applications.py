@@ -19,6 +19,7 @@ from __future__ import annotations
 import gc
 import os
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # see test_keras_networks.py
@@ -102,3 +103,32 @@ def test_squeeze_excite_family_at_intermediate_layers() -> None:
     for layer in layers[1:]:
         assert field_of(model, (224, 224), layer) is None
         assert rfs[layer].is_global, layer
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["MobileNetV3Small", "NASNetMobile"])
+def test_narrowed_maps_have_the_full_width_support(name: str) -> None:
+    # The one-channel copy (compiled on TensorFlow) against the model itself at full width:
+    # squeeze-excite and hard-swish products (MobileNetV3Small), concatenated cells of
+    # separable convolutions (NASNetMobile). Same probe, same units, same support.
+    if name != "MobileNetV3Small" and os.environ.get("RFEST_KERAS_APPLICATIONS") != "all":
+        pytest.skip("full sweep only: nox -s keras_applications (RFEST_KERAS_APPLICATIONS=all)")
+    from rfest_keras import provider
+
+    size = DEFAULT_SIZE[name]
+    model = getattr(keras.applications, name)(
+        weights=None, include_top=False, input_shape=(size, size, 3)
+    )
+    spatial = (size, 64)
+    narrow, wide = provider(model), provider(model, narrow=False)
+    (output,) = narrow.output_names
+    rows = narrow.output_shapes(spatial)[output][0]
+    assert wide.output_shapes(spatial)[output] == narrow.output_shapes(spatial)[output]
+    units = [(0, 0), (rows // 2, 1), (rows - 1, 1)]
+    narrowed = narrow.gradient_maps(spatial, output, units)
+    full = wide.gradient_maps(spatial, output, units)
+    del model, narrow, wide
+    _release()
+    assert narrowed.shape == full.shape == (len(units), *spatial)
+    assert (full > 0).any(axis=(1, 2)).all()
+    np.testing.assert_array_equal(narrowed > 0, full > 0)

@@ -158,6 +158,10 @@ class LiveModel:
             patches.set(layer, "_called", layer._called)
             if not isinstance(layer._dtype_policy, keras.dtype_policies.DTypePolicyMap):
                 patches.set(layer, "_dtype_policy", policy)
+            if type(layer).__name__ == "InputLayer" and _is_float_name(layer._dtype):
+                # A Sequential casts its input to its InputLayer's dtype: a float32 round
+                # trip would round the gradient to float32 on its way back.
+                patches.set(layer, "_dtype", self._dtype)
             if _is_functional(layer):
                 patches.set(layer, "_convert_inputs_to_tensors", self._convert_inputs)
                 patches.set(layer, "_assert_input_compatibility", _accept)
@@ -206,6 +210,10 @@ class LiveModel:
 
 def _is_float(x: Any) -> bool:
     return bool(keras.backend.is_float_dtype(keras.backend.standardize_dtype(x.dtype)))
+
+
+def _is_float_name(dtype: Any) -> bool:
+    return isinstance(dtype, str) and bool(keras.backend.is_float_dtype(dtype))
 
 
 def _accept(*args: Any, **kwargs: Any) -> None:

@@ -16,7 +16,13 @@ import keras
 
 from rfest import ProbeSizeError
 
-__all__ = ["BACKWARD_FACTOR", "DEFAULT_MAX_MEMORY_GIB", "Budget", "count_elements"]
+__all__ = [
+    "BACKWARD_FACTOR",
+    "DEFAULT_MAX_MEMORY_GIB",
+    "Budget",
+    "count_elements",
+    "run_counting",
+]
 
 DEFAULT_MAX_MEMORY_GIB = 2.0
 """Default ``max_memory_gib``: what one probe's activations and gradients may take."""
@@ -27,9 +33,16 @@ BACKWARD_FACTOR = 2.0
 
 def count_elements(model: keras.Model, run: Callable[[], Any]) -> int:
     """Elements of every layer output while ``run()`` calls ``model``; calls put back."""
+    _, total = run_counting(model, run, dynamic=False)
+    return int(total)
+
+
+def run_counting(model: keras.Model, run: Callable[[], Any], *, dynamic: bool) -> tuple[Any, Any]:
+    """``run()``'s result and the elements of every layer output while it ran: an int, or
+    with ``dynamic`` a tensor (sizes known only when a compiled program runs)."""
     from rfest_keras._live import Patches, all_layers
 
-    total = [0]
+    total: list[Any] = [0]
     patches = Patches()
 
     def counting(call: Callable[..., Any]) -> Callable[..., Any]:
@@ -37,7 +50,11 @@ def count_elements(model: keras.Model, run: Callable[[], Any]) -> int:
             result = call(*args, **kwargs)
             for tensor in keras.tree.flatten(result):
                 shape = getattr(tensor, "shape", None)
-                if shape is not None and None not in tuple(shape):
+                if shape is None:
+                    continue
+                if dynamic:
+                    total[0] = total[0] + keras.ops.cast(keras.ops.size(tensor), "float64")
+                elif None not in tuple(shape):
                     total[0] += math.prod(int(s) for s in shape)
             return result
 
@@ -47,10 +64,10 @@ def count_elements(model: keras.Model, run: Callable[[], Any]) -> int:
         for layer in all_layers(model)[1:]:
             if not isinstance(layer, keras.Model):
                 patches.set(layer, "call", counting(layer.call))
-        run()
+        result = run()
     finally:
         patches.restore()
-    return total[0]
+    return result, total[0]
 
 
 class Budget:

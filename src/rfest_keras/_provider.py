@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -36,9 +37,9 @@ from rfest import (
     kit,
 )
 from rfest.kit import MODEL_OUTPUT
-from rfest_keras._autodiff import precision, supported, vjp
+from rfest_keras._autodiff import Compiled, compiled, precision, supported, vjp
 from rfest_keras._live import LiveModel, layer_calls
-from rfest_keras._memory import DEFAULT_MAX_MEMORY_GIB, Budget, count_elements
+from rfest_keras._memory import DEFAULT_MAX_MEMORY_GIB, Budget, count_elements, run_counting
 from rfest_keras._rebuild import Built, build_copy, finish, is_graph_model, own
 
 if TYPE_CHECKING:
@@ -48,6 +49,12 @@ __all__ = ["MODEL_OUTPUT", "KerasGradientProvider", "provider"]
 
 
 _lock = threading.RLock()
+_MAX_PROGRAMS = 4
+"""Outputs measured with compiled programs in one call; more (a report of every layer)
+stay eager: each program costs a trace of the model, several eager passes' worth."""
+_TRACE_PER_BUILD = 1.5
+"""A trace of the copy costs about this many times building it (measured: MobileNetV3Small,
+EfficientNetB0, NASNetMobile on TensorFlow 2.21)."""
 _copy_refused: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
 
 
@@ -161,6 +168,10 @@ class KerasGradientProvider:
         self._live_refused: set[tuple[int, ...]] = set()
         self._live_result: Any = None
         self._shapes: dict[tuple[int, ...], dict[str, tuple[int, ...]]] = {}
+        self._compiled: dict[str, Compiled | None] = {}
+        self._copy_ran = False  # the copy has run at some size
+        self._eager_seconds = 0.0  # spent on eager probes of the copy
+        self._build_seconds = 0.0  # spent building the copy that takes every size
 
     @property
     def spatial_shape(self) -> tuple[int | None, ...]:
@@ -177,6 +188,10 @@ class KerasGradientProvider:
     def output_shapes(self, spatial_shape: tuple[int, ...]) -> Mapping[str, tuple[int, ...]]:
         spatial_shape = tuple(int(s) for s in spatial_shape)
         if spatial_shape not in self._shapes:
+            shapes = self._program_shapes(spatial_shape)
+            if shapes is not None:
+                self._shapes[spatial_shape] = shapes
+                return shapes
             # Symbolic: shapes without computing, and sizes too small for the model fail
             # in Keras' shape checks instead of inside a framework kernel.
             x: Any = keras.KerasTensor((1, *spatial_shape, self._channels), dtype=self._dtype)
@@ -191,6 +206,26 @@ class KerasGradientProvider:
                 for name in self._outputs
             }
         return self._shapes[spatial_shape]
+
+    def _program_shapes(self, spatial: tuple[int, ...]) -> dict[str, tuple[int, ...]] | None:
+        """Output shapes from the compiled programs (a batch-1 run costs less than Keras'
+        symbolic pass through a thousand layers); None sends the caller to Keras."""
+        shapes = {}
+        x = np.ones((1, *spatial, self._channels))
+        for name in self._outputs:
+            program = self._program(spatial, name, create=False)
+            if program is None:
+                return None
+            try:
+                with _lock:
+                    shape, elements = program.output_shape(x)
+            except Exception:
+                return None  # a size the model refuses: Keras says why
+            shapes[name] = self._spatial_of(name, shape, len(spatial))
+            if self._budget.per_pixel is None:
+                self._footprint_tried = True
+                self._budget.measured(elements, math.prod(spatial), self._channels)
+        return shapes
 
     def gradient_maps(
         self,
@@ -211,6 +246,14 @@ class KerasGradientProvider:
         self, spatial_shape: tuple[int, ...], output_name: str, units: Sequence[tuple[int, ...]]
     ) -> np.ndarray:
         x = self._probe_input((len(units), *spatial_shape, self._channels))
+        program = self._program(spatial_shape, output_name, create=True)
+        if program is not None:
+            try:
+                with _lock:
+                    return program.maps(x, units)
+            except Exception:
+                self._compiled[output_name] = None  # the eager pass says what is wrong
+        started = time.perf_counter()
 
         def cotangent(shape: tuple[int, ...]) -> np.ndarray:
             seed = np.zeros(shape)
@@ -220,7 +263,41 @@ class KerasGradientProvider:
 
         grad = self._vjp(spatial_shape, output_name, x, cotangent)
         maps: np.ndarray = np.abs(grad).sum(axis=-1)
+        self._eager_seconds += time.perf_counter() - started
         return maps
+
+    def _program(self, spatial: tuple[int, ...], name: str, *, create: bool) -> Compiled | None:
+        """One compiled program per output, on a copy that takes every size (TensorFlow),
+        for a few outputs at a time (each is a trace of the model).
+
+        Tracing costs about what building the copy cost (both are a walk through every
+        layer in Python): a program is made once the eager probes have cost that much
+        (the rent-or-buy rule: at worst about twice the better of the two), so models
+        whose few probes are cheap (squeeze-excite families, global in six probes) stay
+        eager, and large fields on heavy models (ConvNeXt, InceptionResNetV2) compile."""
+        with _lock, precision(self._dtype):
+            if (
+                self._is_live(spatial)
+                or self._build_function is not None
+                or len(self._outputs) > _MAX_PROGRAMS
+            ):
+                return None
+            if name not in self._compiled:
+                if not create or self._eager_seconds < _TRACE_PER_BUILD * self._build_seconds:
+                    return None
+                self._copy_for(spatial)
+                dynamic = self._dynamic
+                if dynamic is None:
+                    self._compiled[name] = None
+                else:
+                    function = self._function(spatial, name)
+                    self._compiled[name] = compiled(
+                        lambda x: run_counting(dynamic.model, lambda: function(x), dynamic=True),
+                        len(spatial),
+                        self._channels,
+                        self._dtype,
+                    )
+            return self._compiled[name]
 
     def _measure_footprint(self, spatial: tuple[int, ...], name: str) -> None:
         """Values kept per input pixel, counted once on a batch-1 forward pass."""
@@ -287,7 +364,9 @@ class KerasGradientProvider:
         with _lock, precision(self._dtype):
             live = self._is_live(spatial)
             try:
-                return work(self._function(spatial, name))
+                result = work(self._function(spatial, name))
+                self._copy_ran = self._copy_ran or not live
+                return result
             except ModelCallError as exc:
                 if not (live and is_graph_model(self._model)):
                     raise self._call_error(shape, exc) from exc
@@ -310,6 +389,11 @@ class KerasGradientProvider:
         now on (the copy met something narrowing cannot follow); else keep the copy."""
         if self._dynamic is None or not self._dynamic.narrowed or self._build_function:
             return False
+        if self._copy_ran or self._full_width_weights_bytes() > self._budget.limit / 2:
+            # A copy that ran at another size fails here for the size (the estimator tries
+            # thin sizes), which the model refuses too; finding out would cost every
+            # weight again in float64 and a full-width pass (ConvNeXtLarge: 1.6 -> 4.4 GiB).
+            return False
         dynamic, self._dynamic = self._dynamic, None
         self._live = LiveModel(self._model, dtype=self._dtype, linearize=self._linearize)
         try:
@@ -320,6 +404,15 @@ class KerasGradientProvider:
         _copy_refused[self._model] = True
         self._shapes.clear()
         return True
+
+    def _full_width_weights_bytes(self) -> int:
+        """What the live route's float substitutes of every weight take."""
+        floats = [
+            math.prod(int(d) for d in v.shape)
+            for v in self._model.weights
+            if keras.backend.standardize_dtype(v.dtype).startswith(("float", "bfloat"))
+        ]
+        return sum(floats) * self._budget.itemsize
 
     def _probe_input(self, shape: tuple[int, ...]) -> np.ndarray:
         if self._linearize:
@@ -407,6 +500,7 @@ class KerasGradientProvider:
         return built
 
     def _build(self, source: keras.Model, spatial: list[int | None]) -> Built:
+        started = time.perf_counter()
         try:
             return build_copy(
                 source,
@@ -420,6 +514,8 @@ class KerasGradientProvider:
             raise
         except Exception as exc:
             raise self._call_error((None, *spatial, self._channels), exc) from exc
+        finally:
+            self._build_seconds += time.perf_counter() - started
 
     def _build_subclassed(self, built: Built, spatial: tuple[int, ...]) -> None:
         x = keras.ops.convert_to_tensor(np.ones((1, *spatial, self._channels), self._dtype))
