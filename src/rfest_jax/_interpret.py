@@ -692,18 +692,26 @@ def _dot(rules: _Rules, eqn: Any, invals: list[Value]) -> Value:
     return out
 
 
+def _live_side(
+    params: dict[str, Any], invals: list[Value]
+) -> tuple[
+    int, Value, Value, tuple[Sequence[int], Sequence[int]], tuple[Sequence[int], Sequence[int]]
+]:
+    """A ``dot_general`` of one live operand and a constant: the live operand's position
+    ``k``, the two operands, and the (live, constant) contracted and batch axes."""
+    (contract_lhs, contract_rhs), (batch_lhs, batch_rhs) = params["dimension_numbers"]
+    k = 0 if invals[0].live else 1
+    if k == 0:
+        return k, invals[0], invals[1], (contract_lhs, contract_rhs), (batch_lhs, batch_rhs)
+    return k, invals[1], invals[0], (contract_rhs, contract_lhs), (batch_rhs, batch_lhs)
+
+
 def _dot_narrowed(rules: _Rules, eqn: Any, invals: list[Value]) -> Value:
     """One live operand and a constant ``w``: every free entry of the constant's side sums
     the same inputs, so the output is narrowed along them; the constant is one entry long
     wherever the live operand is narrowed or the axis is free."""
     params = dict(eqn.params)
-    (contract_lhs, contract_rhs), (batch_lhs, batch_rhs) = params["dimension_numbers"]
-    k = 0 if invals[0].live else 1
-    x, const = invals[k], invals[1 - k]
-    x_contract, c_contract = (
-        (contract_lhs, contract_rhs) if k == 0 else (contract_rhs, contract_lhs)
-    )
-    x_batch, c_batch = (batch_lhs, batch_rhs) if k == 0 else (batch_rhs, batch_lhs)
+    k, x, const, (x_contract, c_contract), (x_batch, c_batch) = _live_side(params, invals)
     full_const = tuple(jnp.shape(const.full()))
     fan_in = math.prod(full_const[d] for d in c_contract)
     stored = jnp.shape(x.array)
@@ -729,13 +737,7 @@ def _dot_narrowed_structural(rules: _Rules, eqn: Any, invals: list[Value]) -> Va
     is summed over it; ``x``'s free narrowed axes stay narrowed in the output; narrowed
     batch axes are restored, since ``c`` may change along them."""
     params = dict(eqn.params)
-    (contract_lhs, contract_rhs), (batch_lhs, batch_rhs) = params["dimension_numbers"]
-    k = 0 if invals[0].live else 1
-    x, const = invals[k], invals[1 - k]
-    x_contract, c_contract = (
-        (contract_lhs, contract_rhs) if k == 0 else (contract_rhs, contract_lhs)
-    )
-    x_batch = batch_lhs if k == 0 else batch_rhs
+    k, x, const, (x_contract, c_contract), (x_batch, _) = _live_side(params, invals)
     restore = [a for a in x_batch if a in x.narrowed_axes]
     array = jnp.broadcast_to(x.array, _restored(x, restore)) if restore else x.array
     summed = tuple(

@@ -126,13 +126,7 @@ class LiveModel:
         if target is None:
             return result
         _, name, base, index = target
-        if not calls:
-            raise OutputNotFoundError(
-                f"layer {base!r} did not run when the model was called; choose a layer on "
-                f"the path from input to output"
-            )
-        kit.check_call(name, base, index, len(calls))
-        return calls[(index or 1) - 1]
+        return nth_call(calls, name, base, index)
 
     @contextlib.contextmanager
     def _session(self, target: Any, calls: list[Any]) -> Iterator[None]:
@@ -206,6 +200,18 @@ class LiveModel:
                     values[id(v)] = (v, tensor)
             self._values = list(values.values())
         return self._values
+
+
+def nth_call(calls: Sequence[Any], name: str, base: str, index: int | None) -> Any:
+    """The output of call ``index`` (1-based; None: the only one) of layer ``base`` among
+    ``calls``, the outputs it gave in one run of the model (``name``: as the user wrote it)."""
+    if not calls:
+        raise OutputNotFoundError(
+            f"layer {base!r} did not run when the model was called; choose a layer on "
+            f"the path from input to output"
+        )
+    kit.check_call(name, base, index, len(calls))
+    return calls[(index or 1) - 1]
 
 
 def _is_float(x: Any) -> bool:

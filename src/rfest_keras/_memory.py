@@ -9,10 +9,11 @@ for its backward pass, plus the gradients in flight (:data:`BACKWARD_FACTOR`).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import keras
+import numpy as np
 
 from rfest import ProbeSizeError
 
@@ -96,3 +97,14 @@ class Budget:
                 f"layer"
             )
         return max(1, min(units, int(self.limit // per_unit)))
+
+    def in_batches(
+        self,
+        spatial: tuple[int, ...],
+        units: Sequence[tuple[int, ...]],
+        maps: Callable[[Sequence[tuple[int, ...]]], np.ndarray],
+    ) -> np.ndarray:
+        """``maps(units)``, called on batches of units that fit the budget, joined."""
+        step = self.batch(math.prod(spatial), len(units), spatial)
+        parts = [maps(units[i : i + step]) for i in range(0, len(units), step)]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)

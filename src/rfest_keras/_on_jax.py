@@ -33,6 +33,7 @@ from rfest_jax._models import MODEL_KEY, MODEL_OUTPUT, Model
 from rfest_jax._provider import JaxGradientProvider
 from rfest_keras._linearize import constant_value
 from rfest_keras._live import Patches, _accept, _is_functional, all_layers, layer_calls
+from rfest_keras._memory import Budget
 from rfest_keras._rebuild import is_graph_model
 
 if TYPE_CHECKING:
@@ -82,7 +83,7 @@ class KerasOnJax:
         return not self._narrowing
 
     @property
-    def _budget(self) -> Any:
+    def _budget(self) -> Budget:
         return self._keras._budget
 
     def layer_names(self) -> tuple[str, ...]:
@@ -114,12 +115,9 @@ class KerasOnJax:
             self._refuse(spatial, exc)
             return self._keras.gradient_maps(spatial, output_name, units)
         self._measure_footprint(spatial)
-        step = self._budget.batch(math.prod(spatial), len(units), spatial)
-        parts = [
-            inner.gradient_maps(spatial, key, units[i : i + step])
-            for i in range(0, len(units), step)
-        ]
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        return self._budget.in_batches(
+            spatial, units, lambda batch: inner.gradient_maps(spatial, key, batch)
+        )
 
     def input_gradients(
         self, inputs: np.ndarray, output_name: str, unit: tuple[int, ...]

@@ -38,7 +38,7 @@ from rfest import (
 )
 from rfest.kit import MODEL_OUTPUT
 from rfest_keras._autodiff import Compiled, compiled, precision, supported, vjp
-from rfest_keras._live import LiveModel, layer_calls
+from rfest_keras._live import LiveModel, layer_calls, nth_call
 from rfest_keras._memory import DEFAULT_MAX_MEMORY_GIB, Budget, count_elements, run_counting
 from rfest_keras._rebuild import Built, build_copy, finish, is_graph_model, own
 
@@ -235,12 +235,9 @@ class KerasGradientProvider:
     ) -> np.ndarray:
         spatial_shape = tuple(int(s) for s in spatial_shape)
         self._measure_footprint(spatial_shape, output_name)
-        step = self._budget.batch(math.prod(spatial_shape), len(units), spatial_shape)
-        parts = [
-            self._maps(spatial_shape, output_name, units[i : i + step])
-            for i in range(0, len(units), step)
-        ]
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        return self._budget.in_batches(
+            spatial_shape, units, lambda batch: self._maps(spatial_shape, output_name, batch)
+        )
 
     def _maps(
         self, spatial_shape: tuple[int, ...], output_name: str, units: Sequence[tuple[int, ...]]
@@ -601,14 +598,7 @@ class KerasGradientProvider:
         def function(x: Any) -> Any:
             captured.clear()
             model(x, training=False)
-            calls = captured.pop(layer.name, [])
-            if not calls:
-                raise OutputNotFoundError(
-                    f"layer {name!r} did not run when the model was called; choose a layer "
-                    f"on the path from input to output"
-                )
-            kit.check_call(name, base, index, len(calls))
-            return calls[(index or 1) - 1]
+            return nth_call(captured.pop(layer.name, []), name, base, index)
 
         return function
 
