@@ -192,6 +192,28 @@ def test_a_backend_can_decline_thin_probes() -> None:
     assert all(count > 1 for _, count in provider.calls)
 
 
+@pytest.mark.parametrize(("free_below", "second"), [(None, True), (100, True), (2000, False)])
+def test_a_backend_that_proves_no_border_skips_the_second_size(
+    free_below: int | None, second: bool
+) -> None:
+    # One probe at 40, then the check at a second size (the floor, 1024 + 0 * 2) unless the
+    # provider proves the field border-free both at 40 and there.
+    provider = FakeProvider([Axis(7, 2, symmetric(0))], (40,))
+    provider.thin_probes = False  # type: ignore[attr-defined]
+    asked: list[tuple[int, ...]] = []
+    if free_below is not None:
+
+        def border_free(spatial_shape: tuple[int, ...], output_name: str) -> bool:
+            asked.append(tuple(spatial_shape))
+            return spatial_shape[0] < free_below
+
+        provider.border_free = border_free  # type: ignore[attr-defined]
+    rf = measure(provider)
+    assert (rf.size, rf.stride, rf.padding) == ((7,), (2,), (0,))
+    assert [shape for shape, _ in provider.calls] == ([(40,), (1024,)] if second else [(40,)])
+    assert asked == ([] if free_below is None else [(40,), (1024,)])
+
+
 class LosesPathsWhenThin(FakeProvider):
     """A branch whose field along axis 0 shows only when axis 1 is wide (a lost route)."""
 

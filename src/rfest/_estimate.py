@@ -616,6 +616,8 @@ def _second_size(
         return fit
     if n2 <= n:
         return fit
+    if _border_free(provider, output_name, _with(base, axis, n), _with(base, axis, n2)):
+        return fit
     middle = round(((n2 - 1) / 2 - ((fit.size - 1) / 2 - fit.padding)) / s)
     middle = min(max(middle, 0), m2 - 1)
     spatial = _with(base, axis, n2)
@@ -636,6 +638,20 @@ def _second_size(
     if inside and _consistent(probe, s, fit.padding, fit.size):
         return fit
     return n2
+
+
+def _border_free(
+    provider: GradientProvider, output_name: str, *spatial_shapes: tuple[int, ...]
+) -> bool:
+    """Whether the provider proves that no unit's field meets a border at these sizes.
+
+    Such a field is the same at every size, shifted by the stride, so no padding can cut
+    it and the check at a second size would find what the fit predicts (the JAX backend
+    proves it from the traced program, see ``rfest_jax._borders``). Optional provider
+    member ``border_free(spatial_shape, output_name)``; without it the check runs.
+    """
+    check = getattr(provider, "border_free", None)
+    return callable(check) and all(bool(check(s, output_name)) for s in spatial_shapes)
 
 
 def _probe(

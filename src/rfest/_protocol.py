@@ -46,6 +46,10 @@ class GradientProvider(Protocol):
     Optional: ``thin_probes`` (default True). Each axis is first measured on an input thin
     in the other axes; a backend for which each new probe shape costs more than its size
     (a compilation per shape) sets it False, and each axis is measured at the user's size.
+    Optional: ``border_free(spatial_shape, output_name)`` (default False). True where
+    the backend proves that every unit's field at that input size meets no border or
+    padding anywhere in the network (the same field at every size, shifted by the
+    stride); the estimator then skips its check of a fit at a second, larger size.
     ``gradient_maps_many(spatial_shape, [(output_name, units), ...])``, one array per
     request as ``gradient_maps`` gives it, lets `rfest.report` serve many layers' requests
     in one pass (see ``rfest._batch``); ``execution_order()`` and ``inferred_input_shape``

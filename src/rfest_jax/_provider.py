@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rfest import InputShapeError, OptionError, OutputNotFoundError, kit
+from rfest_jax._borders import border_free
 from rfest_jax._interpret import Value, evaluate, needed_equations
 from rfest_jax._models import MODEL_KEY, Model, as_model
 from rfest_jax._numpy_eval import NumpyProgram, Unsupported, numpy_program
@@ -50,6 +51,7 @@ class _Trace:
     shapes: dict[str, tuple[int, ...]]
     plans: dict[int, list[int]] = field(default_factory=dict)
     compiled: dict[tuple[Any, ...], Any] = field(default_factory=dict)
+    borders: dict[int, bool] = field(default_factory=dict)
 
     def plan(self, leaf: int) -> list[int]:
         if leaf not in self.plans:
@@ -184,6 +186,28 @@ class JaxGradientProvider:
             maps = self._compiled(trace, output_name, x, cotangents)
             result = maps(self._param_leaves(), x, cotangents)
             return np.asarray(result, dtype=np.float64)
+
+    def border_free(self, spatial_shape: tuple[int, ...], output_name: str) -> bool:
+        """Whether every unit of ``output_name`` provably reads no border at this size.
+
+        True only for linearized programs made of unpadded convolutions and windows,
+        elementwise layers and the like (the argument is :mod:`rfest_jax._borders`):
+        every unit's field is then the same at every input size, shifted by the stride,
+        and the estimator needs no check at a second size.
+        """
+        if not self._linearize:
+            return False  # supports at a real input depend on where activations are zero
+        spatial_shape = tuple(spatial_shape)
+        trace = self._trace((1, *spatial_shape))
+        leaf = trace.leaves.get(self._key(output_name))
+        if leaf is None:
+            return False
+        with self._lock:
+            if leaf not in trace.borders:
+                trace.borders[leaf] = border_free(
+                    trace.jaxpr, trace.plan(leaf), leaf, len(spatial_shape)
+                )
+            return trace.borders[leaf]
 
     def _compiled(self, trace: _Trace, name: str, x: Any, cotangents: np.ndarray) -> Any:
         """``maps(params, x, cotangents)``, built once per input shape, output and batch.
