@@ -42,7 +42,7 @@ class NumpyProgram:
             if any(v in needed for v in eqn.outvars):
                 keep.append(eqn)
                 needed.update(v for v in eqn.invars if isinstance(v, Var))
-        self._jaxpr: Jaxpr = jaxpr.replace(eqns=keep[::-1])
+        self._jaxpr: Jaxpr = jaxpr.replace(eqns=_folded_pads(keep[::-1], jaxpr.outvars))
         self._consts = list(closed.consts)  # converted in _run, where used
 
     @property
@@ -69,6 +69,63 @@ def _supported(jaxpr: Jaxpr) -> bool:
         elif name not in _RULES:
             return False
     return True
+
+
+def _folded_pads(eqns: list[Any], outvars: Sequence[Any]) -> list[Any]:
+    """``eqns`` with each zero ``pad`` read only by a ``reduce_window_sum`` folded into it.
+
+    A transposed convolution's pullback pads (edges and, for a stride, between entries)
+    and then sums windows; the window sum reads the padding without writing it out
+    (:func:`_reduce_window_sum`), so the padded array is never built.
+    """
+    uses: dict[Var, int] = {}
+    for v in [*(v for eqn in eqns for v in eqn.invars), *outvars]:
+        if isinstance(v, Var):
+            uses[v] = uses.get(v, 0) + 1
+    pads = {
+        eqn.outvars[0]: eqn
+        for eqn in eqns
+        if eqn.primitive.name == "pad" and _is_zero(eqn.invars[1]) and uses[eqn.outvars[0]] == 1
+    }
+    folded: set[int] = set()
+    out = []
+    for eqn in eqns:
+        if eqn.primitive.name == "reduce_window_sum" and eqn.invars[0] in pads:
+            pad = pads[eqn.invars[0]]
+            params = _window_of_padded(pad.params["padding_config"], eqn.params)
+            if params is not None:
+                eqn = eqn.replace(invars=[pad.invars[0]], params=params)
+                folded.add(id(pad))
+        out.append(eqn)
+    return [eqn for eqn in out if id(eqn) not in folded]
+
+
+def _is_zero(atom: Any) -> bool:
+    return isinstance(atom, Literal) and np.ndim(atom.val) == 0 and atom.val == 0
+
+
+def _window_of_padded(
+    config: Sequence[tuple[int, int, int]], params: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The window sum of ``pad(x, 0, config)`` as a window sum of ``x``; None if that needs
+    a stride and a base dilation on one axis (which :func:`_taps` does not compute).
+
+    ``pad`` spreads entries ``interior + 1`` apart, then adds ``lo``/``hi`` (cropping when
+    negative); a window sum dilates its operand by ``base_dilation``, then pads: the same
+    two steps, so with no base dilation of its own they add up (but a crop followed by
+    padding on the same side).
+    """
+    padding, base = [], []
+    for (lo, hi, interior), (plo, phi), b, s in zip(
+        config, params["padding"], params["base_dilation"], params["window_strides"], strict=True
+    ):
+        if (lo, hi, interior) != (0, 0, 0) and (b != 1 or (interior and s != 1)):
+            return None
+        if (lo < 0 < plo) or (hi < 0 < phi):
+            return None  # cropped, then padded: not one padding
+        padding.append((lo + plo, hi + phi))
+        base.append(b * (interior + 1))
+    return {**params, "padding": tuple(padding), "base_dilation": tuple(base)}
 
 
 def _run(jaxpr: Jaxpr, consts: Sequence[Any], args: Sequence[Any]) -> list[np.ndarray]:
