@@ -720,9 +720,9 @@ def _candidate_strides(probe: _Probe, hint: _Stride | None) -> list[int]:
     votes: dict[int, int] = {}
     for positions in (probe.exact_starts(), probe.exact_ends()):
         for a, b in itertools.combinations(sorted(positions), 2):
-            slope = Fraction(positions[b] - positions[a], b - a)
-            if slope.denominator == 1 and slope >= 1:
-                votes[int(slope)] = votes.get(int(slope), 0) + 1
+            slope, rest = divmod(positions[b] - positions[a], b - a)  # b > a
+            if rest == 0 and slope >= 1:
+                votes[slope] = votes.get(slope, 0) + 1
     if hint is not None:
         votes[hint.value] = votes.get(hint.value, 0) + (1 if hint.uniform else 0)
     return sorted(votes, key=lambda s: (-votes[s], s))
