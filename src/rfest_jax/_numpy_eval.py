@@ -230,19 +230,29 @@ def _reduce_window_sum(
         count = max(((n - 1) * b + 1 + lo + hi - (w - 1) * d - 1) // s + 1, 0)
         shape = list(x.shape)
         shape[axis] = count
-        out = np.zeros(shape, dtype=x.dtype)
-        for k in range(w):
-            offset = k * d - lo  # output i reads the dilated input at i * s + offset
-            taps = _taps(n, count, s, b, offset)
-            if taps is not None:
-                (i0, i1, i_step), (j0, j1, j_step) = taps
-                target = [slice(None)] * x.ndim
-                source = [slice(None)] * x.ndim
-                target[axis] = slice(i0, i1, i_step)
-                source[axis] = slice(j0, j1, j_step)
-                np.add(out[tuple(target)], x[tuple(source)], out=out[tuple(target)])
+        # output i reads the dilated input at i * s + k * d - lo
+        taps = [t for k in range(w) if (t := _taps(n, count, s, b, k * d - lo)) is not None]
+        first = next((t for t in taps if t[0][2] == 1), None)
+        if first is None:
+            out = np.zeros(shape, dtype=x.dtype)
+        else:  # the first solid tap is copied, not added to zeros: one pass less
+            taps.remove(first)
+            out = np.empty(shape, dtype=x.dtype)
+            (i0, i1, _), (j0, j1, j_step) = first
+            out[_along(axis, x.ndim, slice(None, i0))] = 0
+            out[_along(axis, x.ndim, slice(i1, None))] = 0
+            out[_along(axis, x.ndim, slice(i0, i1))] = x[
+                _along(axis, x.ndim, slice(j0, j1, j_step))
+            ]
+        for (i0, i1, i_step), (j0, j1, j_step) in taps:
+            target = _along(axis, x.ndim, slice(i0, i1, i_step))
+            np.add(out[target], x[_along(axis, x.ndim, slice(j0, j1, j_step))], out=out[target])
         x = out
     return x
+
+
+def _along(axis: int, ndim: int, index: slice) -> tuple[slice, ...]:
+    return (slice(None),) * axis + (index,) + (slice(None),) * (ndim - axis - 1)
 
 
 def _taps(
