@@ -19,6 +19,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import cached_property
 
 import numpy as np
 
@@ -72,7 +73,8 @@ class AxisGeometry:
 
 @dataclass(frozen=True)
 class _Probe:
-    """Supports of the probed units along one axis at one probe size."""
+    """Supports of the probed units along one axis at one probe size (immutable: its
+    derived properties are computed once)."""
 
     n: int
     m: int
@@ -81,7 +83,7 @@ class _Probe:
     run: tuple[int, ...] = ()
     dead_ends: tuple[bool, bool] = (False, False)  # unit 0, unit m - 1 see only padding
 
-    @property
+    @cached_property
     def near(self) -> int:
         """First input index any probed unit reaches (the ends are always probed).
 
@@ -93,12 +95,12 @@ class _Probe:
         """
         return 0 if self.dead_ends[0] else min(s.lo for s in self.supports)
 
-    @property
+    @cached_property
     def far(self) -> int:
         """Last input index any probed unit reaches."""
         return self.n - 1 if self.dead_ends[1] else max(s.hi for s in self.supports)
 
-    @property
+    @cached_property
     def gap(self) -> int:
         """Widest hole inside the supports of the run's units that touch neither border.
 
