@@ -8,11 +8,8 @@ each model is left bit-identical.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # see test_keras_networks.py
 keras = pytest.importorskip("keras")
 
 from keras import layers as L  # noqa: E402

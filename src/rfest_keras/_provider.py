@@ -41,6 +41,7 @@ from rfest_keras._autodiff import Compiled, compiled, precision, supported, vjp
 from rfest_keras._live import LiveModel, layer_calls, nth_call
 from rfest_keras._memory import DEFAULT_MAX_MEMORY_GIB, Budget, count_elements, run_counting
 from rfest_keras._rebuild import Built, build_copy, finish, is_graph_model, own
+from rfest_keras._tf_quirks import onednn_active
 
 if TYPE_CHECKING:
     from rfest_keras._on_jax import KerasOnJax
@@ -105,7 +106,10 @@ class KerasGradientProvider:
     @property
     def float32_scout(self) -> bool:
         """Scout in float32 on the live route (the same model, other substitutes); a copy
-        would have to be rebuilt, which costs about what the scouting saves."""
+        would have to be rebuilt, which costs about what the scouting saves. Not where
+        TensorFlow would run float32 through oneDNN (see :mod:`rfest_keras._tf_quirks`)."""
+        if keras.backend.backend() == "tensorflow" and onednn_active():
+            return False
         self._choose_route(len(self._spatial))
         return self._live is not None
 
