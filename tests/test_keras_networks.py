@@ -321,3 +321,15 @@ def test_no_float32_scout_where_tensorflow_runs_onednn() -> None:
     provider = KerasGradientProvider(_ops_graph_model(), output="out")
     # oneDNN has no float64 kernels: float64 passes never reach it.
     assert provider.float32_scout is not onednn_active()
+
+
+def test_sequential_without_input_is_measured_at_the_given_size() -> None:
+    # 3 valid, pool 2, 3 valid: r 3, 4 (j2), 4+2*2 = 8; no padding anywhere.
+    model = keras.Sequential(
+        [L.Conv2D(8, 3, activation="relu"), L.MaxPooling2D(), L.Conv2D(8, 3, name="out")]
+    )
+    rf = rfest.compute(model, (64, 64, 3), output="out")
+    assert geometry(rf) == ((8, 8), (2, 2), (0, 0))
+    assert not model.built and not model.weights  # the user's model is left unbuilt
+    with pytest.raises(rfest.InputShapeError, match="without an Input"):
+        rfest.compute(model, output="out")
