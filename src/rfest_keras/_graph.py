@@ -1,0 +1,110 @@
+"""Run a model copy's functional graph with each layer's ``call`` directly.
+
+A trace of the copy inside a compiled program (:func:`rfest_keras._autodiff.compiled`)
+spends most of its time in Keras' ``Layer.__call__``, not in the operations: input
+conversion, call-context and mask bookkeeping and a name scope per layer (ResNet50:
+about half a trace; DenseNet, NASNet: more). The copy is rfest's own, built, in one
+float dtype, with inference behaviour asked for everywhere, so none of that changes what
+a layer computes: :func:`run_graph` walks the graph's nodes in Keras' own order
+(``_run_through_graph``) and calls ``layer.call`` with ``training=False`` where the
+layer takes it. Only for copies made of Keras' built-in layers and graph operations
+(:func:`direct_runnable`); one with a layer it does not know (custom, masking, another
+dtype) is traced through ``__call__`` as before. It also counts the elements of every
+layer output, for the memory budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import keras
+
+__all__ = ["direct_runnable", "run_graph"]
+
+_BUILT_IN = ("keras.src.layers.", "keras.src.ops.", "keras.src.applications.")
+_MASKING = frozenset({"Masking", "Embedding"})  # their consumers need the masks
+
+
+def direct_runnable(model: keras.Model, dtype: str) -> bool:
+    """Whether :func:`run_graph` runs every operation of ``model`` directly: a Functional
+    graph (a Sequential's own included) whose operations, at any depth, are built-in
+    layers and graph operations computing in ``dtype``, or such graphs."""
+    graph = _graph_of(model)
+    if graph is None:
+        return False
+    for operation in graph.operations:
+        if type(operation).__name__ == "InputLayer":
+            continue
+        inner = _graph_of(operation)
+        if inner is not None:
+            if not direct_runnable(inner, dtype):
+                return False
+        elif not _direct(operation, dtype):
+            return False
+    return True
+
+
+def run_graph(model: keras.Model, inputs: Any) -> tuple[Any, Any]:
+    """``model(inputs, training=False)`` and the elements of every layer output on the
+    way (a float64 tensor), calling each layer's ``call`` directly. Only for models
+    :func:`direct_runnable` accepts."""
+    total: list[Any] = []
+
+    def runner(operation: Any) -> Callable[..., Any]:
+        graph = _graph_of(operation)
+        if graph is not None:
+            return lambda *args, **kwargs: walk(graph, args[0] if args else kwargs["inputs"])
+        call: Callable[..., Any] = operation.call
+        if not isinstance(operation, keras.layers.Layer):
+            return call  # a graph operation (``x + y``): not counted, as before
+        training = bool(getattr(operation, "_call_has_training_arg", False))
+
+        def layer_call(*args: Any, **kwargs: Any) -> Any:
+            if training:
+                kwargs["training"] = False
+            result = call(*args, **kwargs)
+            for tensor in keras.tree.flatten(result):
+                if getattr(tensor, "shape", None) is not None:
+                    total.append(keras.ops.cast(keras.ops.size(tensor), "float64"))
+            return result
+
+        return layer_call
+
+    def walk(graph: Any, values: Any) -> Any:
+        flat: Sequence[Any] = keras.tree.flatten(values)
+        return graph._run_through_graph(list(flat), operation_fn=runner)
+
+    graph = _graph_of(model)
+    assert graph is not None
+    result = walk(graph, inputs)
+    elements = keras.ops.sum(keras.ops.stack(total)) if total else keras.ops.zeros((), "float64")
+    return result, elements
+
+
+def _graph_of(model: Any) -> Any:
+    """The Functional graph that runs ``model`` (itself, or a built Sequential's own)."""
+    if type(model).__name__ == "Sequential":
+        model = getattr(model, "_functional", None)
+    if (
+        model is not None
+        and type(model).__name__ == "Functional"
+        and type(model).__module__.startswith("keras.")
+    ):
+        return model
+    return None
+
+
+def _direct(operation: Any, dtype: str) -> bool:
+    """A built-in layer or operation, built, computing in ``dtype``: safe to call its
+    ``call`` without ``__call__``."""
+    if not type(operation).__module__.startswith(_BUILT_IN):
+        return False
+    if isinstance(operation, keras.layers.Layer):
+        if not operation.built or type(operation).__name__ in _MASKING:
+            return False
+        if getattr(operation, "compute_dtype", dtype) != dtype:
+            return False
+        if list(operation._flatten_layers(include_self=False, recursive=False)):
+            return False  # wrappers run their sublayers through __call__: keep theirs
+    return True
