@@ -38,7 +38,7 @@ from rfest import (
 )
 from rfest.kit import MODEL_OUTPUT
 from rfest_keras._autodiff import Compiled, compiled, precision, supported, vjp
-from rfest_keras._graph import direct_runnable, run_graph
+from rfest_keras._graph import direct_runnable, run_graph, weight_values
 from rfest_keras._live import LiveModel, layer_calls, nth_call
 from rfest_keras._memory import DEFAULT_MAX_MEMORY_GIB, Budget, count_elements, run_counting
 from rfest_keras._rebuild import Built, build_copy, finish, is_graph_model, own
@@ -300,13 +300,14 @@ class KerasGradientProvider:
     ) -> Callable[[Any], tuple[Any, Any]]:
         """``x -> (output, elements of every layer output)`` on the copy, for a trace:
         straight through the layers' ``call`` where :mod:`rfest_keras._graph` can."""
+        constants = weight_values(built.model) if built.narrowed else []
         if built.graph and self._single_node(built.model, name):
             head = self._head(built, name)
             if direct_runnable(head, self._dtype):
                 feeds = self._feeds(built.model.inputs)
-                return lambda x: run_graph(head, feeds(x))
+                return lambda x: run_graph(head, feeds(x), constants)
         elif built.graph and direct_runnable(built.model, self._dtype):
-            captured = self._captured(built, name, run=run_graph)
+            captured = self._captured(built, name, run=lambda m, x: run_graph(m, x, constants))
             return lambda x: captured(x)
         function = self._function(spatial, name)
         return lambda x: run_counting(built.model, lambda: function(x), dynamic=True)
