@@ -66,7 +66,7 @@ def run_graph(
         graph = _graph_of(operation)
         if graph is not None:
             return lambda *args, **kwargs: walk(graph, args[0] if args else kwargs["inputs"])
-        call: Callable[..., Any] = operation.call
+        call: Callable[..., Any] = _summed(operation) or operation.call
         if not isinstance(operation, keras.layers.Layer):
             return call  # a graph operation (``x + y``): not counted, as before
         training = bool(getattr(operation, "_call_has_training_arg", False))
@@ -107,6 +107,37 @@ def run_graph(
 def weight_values(model: keras.Model) -> list[tuple[Any, np.ndarray]]:
     """Every weight of ``model`` with its value now (read eagerly, outside a trace)."""
     return [(v, to_numpy(v)) for v in model.weights]
+
+
+def _summed(operation: Any) -> Callable[..., Any] | None:
+    """An ``Add`` layer or ``x + y`` as one ``AddN`` where its inputs' shapes agree.
+
+    ``tf.add`` may broadcast, so its gradient reduces each input's gradient to that
+    input's shape: five to eight shape operations per sum in a trace whose spatial sizes
+    are free (NASNetMobile's 80 sums: a third of its gradient's trace). Inputs of one
+    static shape (free sizes in the same places) make ``AddN``, whose gradient passes
+    through; shapes that differ at run time then raise instead of broadcasting, and the
+    caller falls back to Keras' pass."""
+    kind = type(operation)
+    if kind.__name__ != "Add" or not kind.__module__.startswith(
+        ("keras.src.layers.merging.", "keras.src.ops.numpy")
+    ):
+        return None
+    layer = isinstance(operation, keras.layers.Layer)
+    original: Callable[..., Any] = operation.call
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        import tensorflow as tf
+
+        tensors = list(args[0]) if layer and len(args) == 1 else list(args)
+        shapes = {tuple(t.shape) for t in tensors if hasattr(t, "shape")}
+        if kwargs or len(tensors) < 2 or len(shapes) != 1:
+            return original(*args, **kwargs)
+        if any(t.dtype != tensors[0].dtype for t in tensors):
+            return original(*args, **kwargs)
+        return tf.add_n(tensors)
+
+    return call
 
 
 def _graph_of(model: Any) -> Any:
