@@ -25,7 +25,7 @@ pytestmark = [
 
 def _net() -> keras.Model:
     """Branches joined by Add, a broadcast product, a nested Functional and Sequential,
-    ``x + y`` between Keras tensors, and layers whose call takes ``training``."""
+    ``x + y`` and ``x + 1.0`` on Keras tensors, and layers whose call takes ``training``."""
     inner_in = keras.Input((10, 10, 4))
     inner = keras.Model(inner_in, L.Conv2D(4, 3, padding="same")(inner_in), name="inner")
     stack = keras.Sequential([L.Conv2D(4, 1), L.BatchNormalization()], name="stack")
@@ -39,7 +39,7 @@ def _net() -> keras.Model:
     gate = L.GlobalAveragePooling2D(keepdims=True, name="squeeze")(s)
     s = L.Multiply(name="excite")([s, gate])
     s = L.Add(name="broadcast_sum")([s, gate])
-    y = stack(s) + a
+    y = stack(s) + a + 1.0
     y = L.Concatenate(name="join")([y, L.AveragePooling2D(1, name="pool")(x)])
     return keras.Model(inputs, L.MaxPooling2D(2, name="out")(y))
 

@@ -130,10 +130,12 @@ def _summed(operation: Any) -> Callable[..., Any] | None:
         import tensorflow as tf
 
         tensors = list(args[0]) if layer and len(args) == 1 else list(args)
-        shapes = {tuple(t.shape) for t in tensors if hasattr(t, "shape")}
-        if kwargs or len(tensors) < 2 or len(shapes) != 1:
-            return original(*args, **kwargs)
-        if any(t.dtype != tensors[0].dtype for t in tensors):
+        if (
+            kwargs
+            or len(tensors) < 2
+            or not all(isinstance(t, tf.Tensor) for t in tensors)  # ``x + 3.0``
+            or len({(tuple(t.shape), t.dtype) for t in tensors}) != 1
+        ):
             return original(*args, **kwargs)
         return tf.add_n(tensors)
 
