@@ -16,10 +16,6 @@ from collections.abc import Iterator
 
 import pytest
 
-# TensorFlow 2.21's oneDNN CPU kernels crash on rfest's thin probes (docs/keras.md); the
-# switch must be set before TensorFlow is first imported.
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-
 collect_ignore_glob: list[str] = []
 if importlib.util.find_spec("torch") is None:
     collect_ignore_glob += [

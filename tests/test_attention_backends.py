@@ -9,12 +9,9 @@ non-zero on every input pixel.
 from __future__ import annotations
 
 import functools
-import os
 
 import numpy as np
 import pytest
-
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 import rfest
 

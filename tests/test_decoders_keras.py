@@ -7,14 +7,11 @@ unit with `decoder_oracle` run on a float64 copy of the network whose kernels ar
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 import numpy as np
 import pytest
 
-# oneDNN's CPU convolution gradients crash on the thin probes (TF 2.21): see docs/keras.md.
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 keras = pytest.importorskip("keras")
 
 from keras import layers as L  # noqa: E402

@@ -6,14 +6,10 @@ in its comment, and again by ``rf_calculator`` where the test goes through ``che
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 import rfest
 from rf_calculator import Branches, Conv, Net, Pool
-
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 
 def geometry(rf: rfest.ReceptiveField) -> tuple[object, object, object, bool]:

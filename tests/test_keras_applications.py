@@ -22,7 +22,6 @@ import os
 import numpy as np
 import pytest
 
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # see test_keras_networks.py
 keras = pytest.importorskip("keras")
 
 import rfest  # noqa: E402

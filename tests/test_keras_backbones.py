@@ -8,11 +8,8 @@ each model is left bit-identical.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # see test_keras_networks.py
 keras = pytest.importorskip("keras")
 
 from keras import layers as L  # noqa: E402
@@ -21,6 +18,7 @@ import rfest  # noqa: E402
 from keras_models import assert_untouched, receptivefield_readme_net, state  # noqa: E402
 from keras_recurrence import field_of  # noqa: E402
 from rfest_keras import provider  # noqa: E402
+from rfest_keras._rebuild import build_copy  # noqa: E402
 
 pytestmark = pytest.mark.keras
 
@@ -47,6 +45,31 @@ def test_mobilenet_v2_backbone_with_fixed_input_size() -> None:
     assert geometry(rfs["block_6_project"]) == field_of(base, (96, 96), "block_6_project")
     assert rfest.compute(model).is_global
     assert_untouched(before, model)
+
+
+def test_tutorial_transfer_model_with_augmentation_and_preprocessing() -> None:
+    # Keras' transfer-learning tutorial: augmentation layers (identity at inference),
+    # preprocess_input (keras.ops nodes: x / 127.5 - 1), then the frozen backbone. The
+    # backbone's last map has the backbone's own field, and the copy keeps one channel
+    # per layer through all of it (augmentation and ops nodes treat channels alike).
+    base = keras.applications.MobileNetV2(
+        weights=None, include_top=False, input_shape=(96, 96, 3), alpha=0.35
+    )
+    base.trainable = False
+    augment = keras.Sequential(
+        [L.RandomFlip("horizontal"), L.RandomRotation(0.2), L.RandomZoom(0.1)], name="augment"
+    )
+    inputs = keras.Input((96, 96, 3))
+    x = keras.applications.mobilenet_v2.preprocess_input(augment(inputs))
+    x = L.GlobalAveragePooling2D()(base(x, training=False))
+    model = keras.Model(inputs, L.Dense(1)(L.Dropout(0.2)(x)))
+    before = state(model)
+    rf = rfest.compute(model, output="out_relu")
+    assert geometry(rf) == field_of(base, (96, 96), "out_relu")
+    assert_untouched(before, model)
+    if keras.backend.backend() != "jax":  # JAX measures through the jaxpr, not a copy
+        built = build_copy(model, [None, None], 0, dtype="float64", linearize=True, narrow=True)
+        assert built.narrowed
 
 
 def test_the_framework_under_keras_chooses_the_route() -> None:

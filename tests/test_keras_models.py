@@ -6,11 +6,8 @@ reruns this module with KERAS_BACKEND=jax and =torch.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # see test_keras_networks.py
 keras = pytest.importorskip("keras")
 
 import numpy as np  # noqa: E402

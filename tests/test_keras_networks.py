@@ -6,13 +6,9 @@ Recurrences and TensorFlow 'same' padding: see ``tests/keras_models.py``.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
-# oneDNN's CPU convolution gradients crash on the thin probes (TF 2.21): see docs/keras.md.
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 keras = pytest.importorskip("keras")
 
 from keras import layers as L  # noqa: E402
@@ -269,3 +265,79 @@ def test_fixed_size_model_is_rebuilt_at_each_probe_size() -> None:
     model = keras.Model(inputs, x)
     assert geometry(rfest.compute(model, output="features")) == ((7, 7), (2, 2), (0, 0))
     assert rfest.compute(model).is_global
+
+
+class _Doubled(L.Layer):
+    """A custom layer: the copy cannot narrow what it does not know, so the model is
+    measured live, at full width."""
+
+    def call(self, x: object) -> object:
+        return x * 2.0
+
+
+def _ops_graph_model() -> keras.Model:
+    """Keras ops applied to symbolic tensors (graph nodes that are not layers), a custom
+    layer, and a 1x1 stride-2 convolution with 8 channels (whose float32 kernel gradient
+    aborts TensorFlow 2.21 with oneDNN, the default on x86)."""
+    inp = keras.Input((64, 64, 3))
+    a = keras.ops.relu(L.Conv2D(8, 3, padding="same")(inp))
+    b = L.Conv2D(8, 5, strides=2, padding="same")(a)
+    c = L.Conv2D(8, 1, strides=2)(_Doubled()(a))
+    s = keras.ops.maximum(b + c, 0.0)
+    return keras.Model(inp, L.Conv2D(4, 3, padding="same", name="out")(s))
+
+
+def test_keras_ops_nodes_and_a_strided_1x1_conv() -> None:
+    # a: 3 'same' -> r3 j1 p1. b: 5/2 'same' at 64, TF pads 3 (1 before): r 3+4 = 7, j2,
+    # p 1+1 = 2. c: 1/2 'valid': r3 p1, inside b's field. out: 3 'same' at j2: r 7+2*2 = 11,
+    # p 2+2 = 4.
+    rf = rfest.compute(_ops_graph_model(), output="out")
+    assert geometry(rf) == ((11, 11), (2, 2), (4, 4))
+
+
+def test_tensorflow_computes_no_kernel_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("TensorFlow's gradient registry")
+    import tensorflow as tf
+    from tensorflow.python.ops import gen_nn_ops
+
+    calls = []
+    original = gen_nn_ops.conv2d_backprop_filter
+
+    def spy(*args: object, **kwargs: object) -> object:
+        if tf.executing_eagerly():  # a compiled program prunes what it does not return
+            calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(gen_nn_ops, "conv2d_backprop_filter", spy)
+    model = _ops_graph_model()
+    rf = rfest.compute(model, output="out")
+    assert geometry(rf) == ((11, 11), (2, 2), (4, 4))
+    assert calls == []
+    from tensorflow.python.framework import ops
+    from tensorflow.python.ops import nn_grad
+
+    assert ops._gradient_registry.lookup("Conv2D") is nn_grad._Conv2DGrad  # TensorFlow's own
+
+
+def test_no_float32_scout_where_tensorflow_runs_onednn() -> None:
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("oneDNN is TensorFlow's")
+    from rfest_keras._provider import KerasGradientProvider
+    from rfest_keras._tf_quirks import onednn_active
+
+    provider = KerasGradientProvider(_ops_graph_model(), output="out")
+    # oneDNN has no float64 kernels: float64 passes never reach it.
+    assert provider.float32_scout is not onednn_active()
+
+
+def test_sequential_without_input_is_measured_at_the_given_size() -> None:
+    # 3 valid, pool 2, 3 valid: r 3, 4 (j2), 4+2*2 = 8; no padding anywhere.
+    model = keras.Sequential(
+        [L.Conv2D(8, 3, activation="relu"), L.MaxPooling2D(), L.Conv2D(8, 3, name="out")]
+    )
+    rf = rfest.compute(model, (64, 64, 3), output="out")
+    assert geometry(rf) == ((8, 8), (2, 2), (0, 0))
+    assert not model.built and not model.weights  # the user's model is left unbuilt
+    with pytest.raises(rfest.InputShapeError, match="without an Input"):
+        rfest.compute(model, output="out")

@@ -15,8 +15,6 @@ import pytest
 
 pytest.importorskip("hypothesis")
 
-# oneDNN's CPU convolution gradients crash on the thin probes (TF 2.21): see docs/keras.md.
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 from hypothesis import HealthCheck, given, settings
 

@@ -7,11 +7,8 @@ The Keras provider names each call of a shared layer as the kit does (``name:k``
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 keras = pytest.importorskip("keras")
 
 from keras import layers as L  # noqa: E402

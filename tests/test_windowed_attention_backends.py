@@ -11,14 +11,11 @@ among units clear of the border; by hand, 16, 32, 64 and 96 pixels (see the torc
 from __future__ import annotations
 
 import functools
-import os
 import warnings
 from typing import Any
 
 import numpy as np
 import pytest
-
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 import rfest
 

@@ -70,7 +70,7 @@ def compiled(
     import tensorflow as tf
 
     def program(x: Any, units: Any) -> tuple[Any, Any, Any]:
-        with tf.GradientTape() as tape:
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(x)
             y, elements = function(x)
         ones = tf.ones(tf.shape(units)[:1], y.dtype)
@@ -142,12 +142,15 @@ def _tensorflow(
 ) -> np.ndarray:
     import tensorflow as tf
 
+    from rfest_keras._tf_quirks import input_gradients_only
+
     tensor = tf.convert_to_tensor(x)
-    with tf.GradientTape() as tape:
+    with tf.GradientTape(watch_accessed_variables=False) as tape:
         tape.watch(tensor)
         y = function(tensor)
     seed = tf.convert_to_tensor(cotangent(tuple(y.shape)), dtype=y.dtype)
-    grad = tape.gradient(y, tensor, output_gradients=seed)
+    with input_gradients_only():
+        grad = tape.gradient(y, tensor, output_gradients=seed)
     return np.zeros(x.shape) if grad is None else np.asarray(grad.numpy(), dtype=np.float64)
 
 

@@ -95,13 +95,30 @@ _CHANNEL_BLIND = frozenset(
         "DepthwiseConv1D",
         "DepthwiseConv2D",
         *(f"{kind}{d}D" for kind in ("ZeroPadding", "Cropping", "UpSampling") for d in (1, 2, 3)),
+        # resizing and augmentation (identity at inference: rfest calls training=False)
+        "Resizing",
+        "CenterCrop",
+        "RandomCrop",
+        "RandomFlip",
+        "RandomRotation",
+        "RandomZoom",
+        "RandomTranslation",
+        "RandomContrast",
+        "RandomBrightness",
         *(f"{kind}AveragePooling{d}D" for kind in ("", "Global") for d in (1, 2, 3)),
     }
 )
 # Layers of keras.applications (registered, not in keras.layers) that treat channels alike.
 _APPLICATION_LAYERS = {"LayerScale": "projection_dim", "CustomScaleLayer": None}
-# Element-wise graph operations (``x + y``, ``x * g`` between Keras tensors).
-_ELEMENTWISE_OPERATIONS = frozenset({"Add", "Multiply", "Subtract"})
+# Element-wise graph operations (``x + y``, ``x * g``, ``keras.ops.relu(x)`` on Keras
+# tensors; a constant operand broadcasts alike over one channel or many).
+_ELEMENTWISE_OPERATIONS = frozenset(
+    {
+        *("Add", "Multiply", "Subtract", "TrueDivide", "Divide", "Maximum", "Minimum"),
+        *("Relu", "Relu6", "LeakyRelu", "Elu", "Selu", "Gelu", "Silu", "Sigmoid", "Tanh"),
+        *("HardSigmoid", "HardSilu", "Softplus", "Negative", "Absolute", "Clip"),
+    }
+)
 _WIDTH = 1
 _CONTAINERS = frozenset({"Functional", "Sequential"})
 

@@ -42,6 +42,7 @@ from rfest_keras._graph import direct_runnable, run_graph, weight_values
 from rfest_keras._live import LiveModel, layer_calls, nth_call
 from rfest_keras._memory import DEFAULT_MAX_MEMORY_GIB, Budget, count_elements, run_counting
 from rfest_keras._rebuild import Built, build_copy, finish, is_graph_model, own
+from rfest_keras._tf_quirks import onednn_active
 
 if TYPE_CHECKING:
     from rfest_keras._on_jax import KerasOnJax
@@ -103,7 +104,10 @@ class KerasGradientProvider:
     @property
     def float32_scout(self) -> bool:
         """Scout in float32 on the live route (the same model, other substitutes); a copy
-        would have to be rebuilt, which costs about what the scouting saves."""
+        would have to be rebuilt, which costs about what the scouting saves. Not where
+        TensorFlow would run float32 through oneDNN (see :mod:`rfest_keras._tf_quirks`)."""
+        if keras.backend.backend() == "tensorflow" and onednn_active():
+            return False
         self._choose_route(len(self._spatial))
         return self._live is not None
 
@@ -139,7 +143,13 @@ class KerasGradientProvider:
         self._footprint_tried = False
         self._build_function: Callable[[tuple[int | None, ...]], Any] | None = None
         _refuse_keras_2(model)
-        if isinstance(model, keras.Model):
+        if isinstance(model, keras.Sequential) and not _has_inputs(model):
+            # not built and no Input: build a copy at the size given (the user's stays as is)
+            self._build_function = _sequential_at(model)
+            self._model = self._call_build_function(
+                _required(input_shape, "a Sequential model without an Input (not built yet)")
+            )
+        elif isinstance(model, keras.Model):
             self._model = model
         elif callable(model):
             self._build_function = model
@@ -752,6 +762,25 @@ def _refuse_keras_2(model: Any) -> None:
         f"keras.saving.load_model('model.h5') in a process without TF_USE_LEGACY_KERAS, or "
         f"pass a build function that builds it with `import keras` (Keras 3)"
     )
+
+
+def _has_inputs(model: keras.Sequential) -> bool:
+    try:
+        return bool(model.inputs)
+    except AttributeError:  # Keras: "Sequential model ... has no defined inputs yet"
+        return False
+
+
+def _sequential_at(model: keras.Sequential) -> Callable[[tuple[int | None, ...]], keras.Model]:
+    """A build function: a copy of ``model`` (from its config) built for one input shape."""
+    config = model.get_config()
+
+    def build(shape: tuple[int | None, ...]) -> keras.Model:
+        clone = keras.Sequential.from_config(config)
+        clone.build((None, *shape))
+        return clone
+
+    return build
 
 
 def _required(input_shape: Sequence[int | None] | None, what: str) -> tuple[int | None, ...]:
