@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # see test_keras_networks.py
 keras = pytest.importorskip("keras")
 
 import numpy as np  # noqa: E402

@@ -69,6 +69,8 @@ def compiled(
         return None
     import tensorflow as tf
 
+    from rfest_keras._tf_quirks import input_gradients_only
+
     def program(x: Any, units: Any) -> tuple[Any, Any, Any]:
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(x)
@@ -77,7 +79,10 @@ def compiled(
         batch = tf.range(tf.shape(units)[0], dtype=units.dtype)[:, None]
         points = tf.scatter_nd(tf.concat([batch, units], axis=1), ones, tf.shape(y)[:-1])
         seed = tf.broadcast_to(points[..., None], tf.shape(y))  # every channel of the unit
-        grad = tape.gradient(y, x, output_gradients=seed)
+        # kernel gradients would be pruned when the program runs, but tracing them costs
+        # a shape and a backprop op per convolution (NASNetMobile: 356)
+        with input_gradients_only():
+            grad = tape.gradient(y, x, output_gradients=seed)
         if grad is None:
             return tf.zeros(tf.shape(x)[:-1], tf.float64), tf.shape(y), elements
         return tf.cast(tf.reduce_sum(tf.abs(grad), axis=-1), tf.float64), tf.shape(y), elements
