@@ -34,7 +34,6 @@ class Compiled:
 
     def __init__(self, program: Any, rank: int, dtype: str) -> None:
         self._program, self._rank, self._dtype = program, rank, dtype
-        self._instantiated = False
 
     def maps(self, x: np.ndarray, units: Sequence[tuple[int, ...]]) -> np.ndarray:
         maps, _, _ = self._run(x, np.array(units, np.int32).reshape(len(units), self._rank))
@@ -48,9 +47,8 @@ class Compiled:
     def _run(self, x: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, Any, Any]:
         import tensorflow as tf
 
-        with _no_graph_rewrites(not self._instantiated):
+        with _no_graph_rewrites():
             maps, shape, elements = self._program(tf.constant(x, self._dtype), tf.constant(index))
-        self._instantiated = True
         return maps.numpy(), shape.numpy(), elements.numpy()
 
 
@@ -71,6 +69,8 @@ def compiled(
         return None
     import tensorflow as tf
 
+    from rfest_keras._tf_quirks import input_gradients_only
+
     def program(x: Any, units: Any) -> tuple[Any, Any, Any]:
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(x)
@@ -79,7 +79,10 @@ def compiled(
         batch = tf.range(tf.shape(units)[0], dtype=units.dtype)[:, None]
         points = tf.scatter_nd(tf.concat([batch, units], axis=1), ones, tf.shape(y)[:-1])
         seed = tf.broadcast_to(points[..., None], tf.shape(y))  # every channel of the unit
-        grad = tape.gradient(y, x, output_gradients=seed)
+        # kernel gradients would be pruned when the program runs, but tracing them costs
+        # a shape and a backprop op per convolution (NASNetMobile: 356)
+        with input_gradients_only():
+            grad = tape.gradient(y, x, output_gradients=seed)
         if grad is None:
             return tf.zeros(tf.shape(x)[:-1], tf.float64), tf.shape(y), elements
         return tf.cast(tf.reduce_sum(tf.abs(grad), axis=-1), tf.float64), tf.shape(y), elements
@@ -92,18 +95,19 @@ def compiled(
 
 
 @contextlib.contextmanager
-def _no_graph_rewrites(active: bool) -> Iterator[None]:
-    """TensorFlow's graph optimizer (grappler) rewrites a program when it first runs:
-    seconds for a thousand-layer model (NASNetMobile: 7.5 s, 2.2 s without), for a program
-    whose every op is already what it must be. It is switched off while the program is
-    instantiated, and the process-wide option put back as it was."""
-    if not active:
-        yield
-        return
+def _no_graph_rewrites() -> Iterator[None]:
+    """TensorFlow's graph optimizer (grappler) rewrites a program when it first runs, and
+    again at each new input shape: seconds for a thousand-layer model (NASNetMobile:
+    7.5 s, 2.2 s without), 0.2 s per new size for ResNet50, for a program whose every op
+    is already what it must be. It is switched off while the program runs, and the
+    process-wide option put back as it was."""
     import tensorflow as tf
 
     key = "disable_meta_optimizer"
     before = tf.config.optimizer.get_experimental_options().get(key, False)
+    if before:
+        yield
+        return
     tf.config.optimizer.set_experimental_options({key: True})
     try:
         yield

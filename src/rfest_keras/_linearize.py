@@ -123,6 +123,14 @@ _WIDTH = 1
 _CONTAINERS = frozenset({"Functional", "Sequential"})
 
 
+_ZEROS: dict[str, Any] = {
+    "module": "keras.initializers",
+    "class_name": "Zeros",
+    "config": {},
+    "registered_name": None,
+}
+
+
 def _keras_layer(entry: dict[str, Any]) -> bool:
     return entry.get("module") == "keras.layers" and entry.get("registered_name") is None
 
@@ -155,6 +163,11 @@ def linearize_config(config: dict[str, Any]) -> None:
             entry["class_name"] = _MERGES[name]
         elif "activation" in inner:
             inner["activation"] = "linear"
+        for key, value in inner.items():
+            # set_constant_weights overwrites every float weight: drawing random initial
+            # values first was a tenth of building NASNetMobile's copy
+            if key.endswith("_initializer") and isinstance(value, dict):
+                inner[key] = _ZEROS
 
 
 def narrow_config(config: dict[str, Any]) -> bool:
