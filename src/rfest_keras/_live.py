@@ -30,7 +30,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from rfest import ModelCallError, OutputNotFoundError, kit
+from rfest import ModelCallError, OutputNotFoundError, RFEstError, kit
 from rfest_keras._linearize import constant_value, linear_call, linear_merge, linear_operation
 
 __all__ = ["LiveModel", "Patches", "all_layers", "layer_calls"]
@@ -133,16 +133,12 @@ class LiveModel:
         patches = Patches()
         failing: list[str] = []
         try:
-            self._swap(patches, target, calls, failing)
-            scope = keras.StatelessScope()
-            scope.state_mapping.update({id(v): value for v, value in self._substitutes()})
-            with scope:
-                yield
-        except (OutputNotFoundError, ModelCallError):
-            raise
-        except Exception as exc:
-            where = f" (in layer {failing[-1]!r})" if failing else ""
-            raise ModelCallError(f"{type(exc).__name__}{where}: {exc}") from exc
+            with model_errors(failing):
+                self._swap(patches, target, calls, failing)
+                scope = keras.StatelessScope()
+                scope.state_mapping.update({id(v): value for v, value in self._substitutes()})
+                with scope:
+                    yield
         finally:
             patches.restore()
 
@@ -200,6 +196,19 @@ class LiveModel:
                     values[id(v)] = (v, tensor)
             self._values = list(values.values())
         return self._values
+
+
+@contextlib.contextmanager
+def model_errors(entered: Sequence[str]) -> Iterator[None]:
+    """An exception from the model's call as a ``ModelCallError`` naming the layer last
+    entered (``entered`` fills as the call runs); rfest's own errors pass as they are."""
+    try:
+        yield
+    except RFEstError:
+        raise
+    except Exception as exc:
+        where = f" (in layer {entered[-1]!r})" if entered else ""
+        raise ModelCallError(f"{type(exc).__name__}{where}: {exc}") from exc
 
 
 def nth_call(calls: Sequence[Any], name: str, base: str, index: int | None) -> Any:

@@ -28,11 +28,18 @@ from typing import TYPE_CHECKING, Any
 import keras
 import numpy as np
 
-from rfest import ModelCallError, OutputNotFoundError, RFEstError, kit
+from rfest import ModelCallError, OutputNotFoundError, kit
 from rfest_jax._models import MODEL_KEY, MODEL_OUTPUT, Model
 from rfest_jax._provider import JaxGradientProvider
 from rfest_keras._linearize import constant_value
-from rfest_keras._live import Patches, _accept, _is_functional, all_layers, layer_calls
+from rfest_keras._live import (
+    Patches,
+    _accept,
+    _is_functional,
+    all_layers,
+    layer_calls,
+    model_errors,
+)
 from rfest_keras._memory import Budget
 from rfest_keras._rebuild import is_graph_model
 
@@ -234,21 +241,17 @@ class KerasOnJax:
             running: list[str] = []
             patches = Patches()
             try:
-                for layer in layers:
-                    patches.set(layer, "_called", layer._called)
-                    if _is_functional(layer):
-                        patches.set(layer, "_assert_input_compatibility", _accept)
-                    if layer is not owner:
-                        recorded = _recording(layer, layer.call, calls, running)
-                        patches.set(layer, "call", recorded)
-                scope = keras.StatelessScope(state_mapping=list(zip(held, values, strict=True)))
-                with scope:
-                    out = owner(feeds(x), training=False)
-            except RFEstError:
-                raise
-            except Exception as exc:
-                where = f" (in layer {running[-1]!r})" if running else ""
-                raise ModelCallError(f"{type(exc).__name__}{where}: {exc}") from exc
+                with model_errors(running):
+                    for layer in layers:
+                        patches.set(layer, "_called", layer._called)
+                        if _is_functional(layer):
+                            patches.set(layer, "_assert_input_compatibility", _accept)
+                        if layer is not owner:
+                            recorded = _recording(layer, layer.call, calls, running)
+                            patches.set(layer, "call", recorded)
+                    scope = keras.StatelessScope(state_mapping=list(zip(held, values, strict=True)))
+                    with scope:
+                        out = owner(feeds(x), training=False)
             finally:
                 patches.restore()
             named: dict[str, Any] = {MODEL_KEY: out}
