@@ -181,6 +181,30 @@ def test_probes_are_batched_and_thin() -> None:
     assert confirmations == [(448, 448)]
 
 
+def test_confirmation_is_only_as_large_as_a_whole_unit_needs() -> None:
+    # DenseNet121 at 224: a field of 2071 pixels, stride 32, 1021 padding (7 units at
+    # 224). The thin probes need 3808 pixels to fit it; the confirmation only needs the
+    # smallest 224 + k * 32 that holds some unit with a pixel clear of each end.
+    def pad(n: int) -> tuple[int, int]:
+        return 1021, (-(-n // 32) - 1) * 32 + 2071 - n - 1021
+
+    axis = Axis(2071, 32, pad)
+    provider = FakeProvider([axis, axis], (224, 224))
+    rf = measure(provider)
+    assert (rf.size, rf.stride, rf.padding) == ((2071, 2071), (32, 32), (1021, 1021))
+
+    def holds(n: int) -> bool:
+        return any(
+            1 <= u * 32 - 1021 and u * 32 - 1021 + 2070 <= n - 2 for u in range(axis.out_len(n))
+        )
+
+    smallest = next(n for n in range(224, 4096, 32) if holds(n))
+    assert smallest == 2080
+    confirmations = [shape for shape, count in provider.calls if count == 1]
+    assert confirmations == [(smallest, 224), (224, smallest)]
+    assert max(max(shape) for shape, _ in provider.calls) == 4096  # the thin probes' cap
+
+
 def test_a_backend_can_decline_thin_probes() -> None:
     # thin_probes=False (a backend paying a compilation per probe shape): each axis is
     # measured at the user's size in the other axis, with no confirmation probe.

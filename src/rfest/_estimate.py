@@ -217,7 +217,7 @@ def _measure_axes_thin_first(
     if bounded:
         jointly = (
             _confirmed_jointly(provider, output_name, base, base_out, bounded)
-            if _joint_probe_is_smaller(base, bounded)
+            if _joint_probe_is_smaller(base, base_out, bounded)
             else set()
         )
         if jointly == set(bounded):
@@ -259,9 +259,14 @@ def _thin_shape(
         thinnest *= 2
 
 
-def _joint_probe_is_smaller(base: tuple[int, ...], geometries: dict[int, AxisGeometry]) -> bool:
+def _joint_probe_is_smaller(
+    base: tuple[int, ...], base_out: tuple[int, ...], geometries: dict[int, AxisGeometry]
+) -> bool:
     """One probe grown along every axis is no larger than one probe per axis in all."""
-    grown = [geometries[a].probe_size if a in geometries else n for a, n in enumerate(base)]
+    grown = list(base)
+    for axis, geometry in geometries.items():
+        check = _check(base[axis], base_out[axis], geometry)
+        grown[axis] = geometry.probe_size if check is None else check.n
     per_axis = sum(math.prod(_with(base, a, grown[a])) for a in geometries)
     return math.prod(grown) <= per_axis
 
@@ -277,10 +282,31 @@ class _Check:
 
 
 def _check(base_n: int, base_m: int, geometry: AxisGeometry) -> _Check | None:
-    """The unit nearest the middle of the probe the geometry was measured at, if inside."""
-    size, stride, padding, n = geometry.size, geometry.stride, geometry.padding, geometry.probe_size
+    """A unit predicted to lie wholly inside a probe, a pixel clear of each end, at the
+    smallest size from the user's in whole strides up to the one the geometry was measured
+    at: the unit nearest that probe's middle.
+
+    A probe just large enough shows any other support as well as a larger one does (the
+    true support, if it differs, either differs inside or reaches an end pixel), at a
+    fraction of the cost when the field is far larger than the input (DenseNet121 at 224:
+    2080 pixels instead of 3808)."""
+    size, stride, padding = geometry.size, geometry.stride, geometry.padding
     if not geometry.uniform or size is None or stride is None or padding is None:
         return None
+    first = -(-(1 + padding) // stride)  # the first unit whose field starts at 1 or later
+    holds = first * stride - padding + size + 1  # ... and ends a pixel before that size
+    k = max(0, -(-(holds - base_n) // stride), first - base_m + 1)
+    for n in range(base_n + k * stride, geometry.probe_size, stride):
+        check = _centred_check(base_n, base_m, n, size, stride, padding)
+        if check is not None:
+            return check
+    return _centred_check(base_n, base_m, geometry.probe_size, size, stride, padding)
+
+
+def _centred_check(
+    base_n: int, base_m: int, n: int, size: int, stride: int, padding: int
+) -> _Check | None:
+    """The unit nearest the middle of a probe of size ``n``, if it lies wholly inside."""
     units_along = base_m + (n - base_n) // stride  # checked by _check_growth
     unit = round(((n - 1) / 2 - ((size - 1) / 2 - padding)) / stride)
     unit = min(max(unit, 0), units_along - 1)
