@@ -106,6 +106,14 @@ def shared_layer_net() -> keras.Model:
     return keras.Model(inputs, L.Conv2D(2, 1, name="head")(shared(shared(x))))
 
 
+def shared_block_net() -> keras.Model:
+    """A nested Sequential block (k3 'same' conv, relu) called twice in a row: r5, padding
+    2. Its first call sees the model's 8 input channels, its second the block's own."""
+    block = keras.Sequential([L.Conv2D(8, 3, padding="same"), L.ReLU()], name="block")
+    inputs = keras.Input((None, None, 8))
+    return keras.Model(inputs, block(block(inputs)))
+
+
 def lambda_net() -> keras.Model:
     """k3 valid, a Lambda (relu, doubled), k3 valid: r5, padding 0."""
     x = inputs = keras.Input((None, None, 3))

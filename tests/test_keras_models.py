@@ -19,6 +19,7 @@ from keras_models import (  # noqa: E402
     assert_untouched,
     custom_layer_net,
     lambda_net,
+    shared_block_net,
     shared_layer_net,
     state,
 )
@@ -49,6 +50,13 @@ def test_shared_layer_applied_twice_names_each_call() -> None:
     assert geometry(rfs["head"]) == ((5, 5), (1, 1), (0, 0))
     with pytest.raises(rfest.OutputNotFoundError, match="shared:2"):
         rfest.compute(model, (20, 20, 3), output="shared")
+    assert_untouched(before, model)
+
+
+def test_nested_block_applied_twice() -> None:
+    model = shared_block_net()
+    before = state(model)
+    assert geometry(rfest.compute(model, (24, 24, 8))) == ((5, 5), (1, 1), (2, 2))
     assert_untouched(before, model)
 
 

@@ -183,10 +183,11 @@ def narrow_config(config: dict[str, Any]) -> bool:
     reshapes: list[dict[str, Any]] = []
     for entry in _layer_entries(config):
         name, module = entry["class_name"], entry.get("module") or ""
+        if len(entry.get("inbound_nodes", [])) > 1:
+            # a shared layer or nested model may see a narrowed and a full-width input
+            return False
         if name in _CONTAINERS and module.startswith("keras"):
             continue
-        if len(entry.get("inbound_nodes", [])) > 1:
-            return False  # a shared layer may see a narrowed and a full-width input
         inner = entry["config"]
         if module.startswith("keras.src.applications") and name in _APPLICATION_LAYERS:
             key = _APPLICATION_LAYERS[name]
