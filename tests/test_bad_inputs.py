@@ -78,6 +78,14 @@ def _torch_cases() -> list[Case]:
     def flatten_then_map(x: torch.Tensor) -> torch.Tensor:
         return F.relu(x)
 
+    class Transposed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 2, (1, 5))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(x).transpose(2, 3)
+
     return [
         Case(
             "torch: input_shape missing, first layer Linear",
@@ -132,6 +140,12 @@ def _torch_cases() -> list[Case]:
             lambda: rfest.compute(net, (3, 8, 8)),
             rfest.ModelCallError,
             ("size large enough",),
+        ),
+        Case(
+            "torch: the model swaps its spatial axes",
+            lambda: rfest.compute(Transposed(), (3, 32, 32)),
+            rfest.EstimationError,
+            ("when the input grows along axis 0 only", "moves spatial axes", "before the axes"),
         ),
         Case(
             "torch: unknown output name",
@@ -300,7 +314,16 @@ def _keras_cases() -> list[Case]:
 
     fixed = FixedSize()
     fixed(keras.ops.ones((1, 12, 12, 1)))
+    permuted = keras.Sequential(
+        [keras.Input((32, 32, 3)), L.Conv2D(2, (1, 5)), L.Permute((2, 1, 3), name="swap")]
+    )
     return [
+        Case(
+            "keras: a Permute swaps the spatial axes",
+            lambda: rfest.compute(permuted),
+            rfest.EstimationError,
+            ("when the input grows along axis 0 only", "(Permute", "before the axes"),
+        ),
         Case(
             "keras: multi-input model without input=",
             lambda: rfest.compute(two),

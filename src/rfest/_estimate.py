@@ -544,6 +544,7 @@ def _measure_axis(
             grow_to = _aligned_below_cap(n0, n, cap, fit)
             realigned = grow_to is not None
         if n >= cap and grow_to is None:
+            _refuse_moved_axes(provider, output_name, base, base_out, axis)
             seen = (
                 "its single unit sees the whole input at every size up to"
                 if probe.whole
@@ -576,6 +577,35 @@ def _measure_axis(
             raise
         placed = inside is not None and not misplaced
         centre = min(inside, m - 1) if inside is not None and placed else m // 2
+
+
+def _refuse_moved_axes(
+    provider: GradientProvider,
+    output_name: str,
+    base: tuple[int, ...],
+    base_out: tuple[int, ...],
+    axis: int,
+) -> None:
+    """Raise when growing the input along ``axis`` alone changes another output axis.
+
+    rfest pairs output axis i with input axis i; a model that moves spatial axes
+    (``Permute``, a transpose) breaks that pairing, and no probe size fits a field then.
+    Checked only once the probe has reached the cap, so it costs nothing otherwise."""
+    try:
+        grown = _output_shape(provider, _with(base, axis, 2 * base[axis]), output_name)
+    except RFEstError:
+        return
+    moved = [
+        b for b in range(len(base_out)) if b != axis and grown[b : b + 1] != base_out[b : b + 1]
+    ]
+    if moved:
+        raise EstimationError(
+            f"output {output_name!r} changes along axis {moved[0]} (from {base_out} to "
+            f"{grown}) when the input grows along axis {axis} only: the model moves spatial "
+            f"axes (Permute, a transpose, a reshape across axes), and rfest pairs output "
+            f"axis i with input axis i. Measure an output before the axes move, or move them "
+            f"back before the output"
+        )
 
 
 def _end_supports(
