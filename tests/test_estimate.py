@@ -195,7 +195,7 @@ def test_confirmation_is_only_as_large_as_a_whole_unit_needs() -> None:
 
     def holds(n: int) -> bool:
         return any(
-            1 <= u * 32 - 1021 and u * 32 - 1021 + 2070 <= n - 2 for u in range(axis.out_len(n))
+            u * 32 - 1021 >= 1 and u * 32 - 1021 + 2070 <= n - 2 for u in range(axis.out_len(n))
         )
 
     smallest = next(n for n in range(224, 4096, 32) if holds(n))

@@ -126,6 +126,20 @@ class KerasOnJax:
             spatial, units, lambda batch: inner.gradient_maps(spatial, key, batch)
         )
 
+    def border_free(self, spatial_shape: tuple[int, ...], output_name: str) -> bool:
+        """The JAX program's proof that no unit's field meets a border at this size (see
+        :mod:`rfest_jax._borders`): the estimator then skips its check at a second size,
+        a probe 1024 long (a TimeDistributed model unrolls that many steps)."""
+        spatial = tuple(int(s) for s in spatial_shape)
+        inner = self._inner_at(spatial)
+        if inner is None:
+            return False
+        try:
+            inner.output_shapes(spatial)
+        except ModelCallError:
+            return False
+        return inner.border_free(spatial, self._keys[output_name])
+
     def input_gradients(
         self, inputs: np.ndarray, output_name: str, unit: tuple[int, ...]
     ) -> np.ndarray:
