@@ -91,12 +91,25 @@ def _padded_windows(x: Array) -> Array:
     return a.sum() + b.sum() + strided.sum() + c[:, :5, :7] + twice[:, :5, :7]
 
 
+def _steps(x: Array) -> Array:
+    # A Python loop over an axis (Keras' TimeDistributed at a known length): ``unstack``,
+    # and its pullback ``stack``.
+    def two_steps(y: Array) -> Array:
+        parts = jnp.unstack(y, axis=1)
+        return parts[0] * 2.0 + parts[3]
+
+    out, pullback = jax.vjp(two_steps, x)
+    (grad,) = pullback(jnp.ones_like(out))
+    return grad + out[:, None]
+
+
 PROGRAMS: dict[str, Callable[[Array], Array]] = {
     "windowed sums": _windows,
     "padding, a nested jit": _pads,
     "contractions": _contractions,
     "selections, slices, broadcasts": _structure,
     "padding read by window sums": _padded_windows,
+    "steps of a loop over an axis": _steps,
 }
 
 

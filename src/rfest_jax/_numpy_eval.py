@@ -425,6 +425,9 @@ _RULES: dict[str, Callable[..., Any]] = {
     "slice": _slice,
     "split": _split,
     "concatenate": lambda *xs, dimension: np.concatenate(xs, axis=dimension),
+    # a Python loop over an axis (Keras' TimeDistributed at a known length) and its pullback
+    "unstack": lambda x, *, axis: [np.take(x, i, axis=axis) for i in range(x.shape[axis])],
+    "stack": lambda *xs, axis: np.stack(xs, axis=axis),
     "cumsum": _cumsum,
     "clamp": lambda lo, x, hi: np.clip(x, lo, hi),
 }
