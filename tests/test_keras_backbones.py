@@ -17,6 +17,7 @@ from keras import layers as L  # noqa: E402
 import rfest  # noqa: E402
 from keras_models import assert_untouched, receptivefield_readme_net, state  # noqa: E402
 from keras_recurrence import field_of  # noqa: E402
+from rfest._estimate import estimate  # noqa: E402
 from rfest_keras import provider  # noqa: E402
 from rfest_keras._rebuild import build_copy  # noqa: E402
 
@@ -100,3 +101,33 @@ def test_jax_route_linearizes_raw_ops_inside_a_lambda() -> None:
     rf = rfest.compute(model, (20, 20, 1))
     assert geometry(rf) == ((4, 3), (1, 1), (0, 0))
     assert_untouched(before, model)
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "jax", reason="the border proof reads the traced jaxpr"
+)
+@pytest.mark.parametrize(("padding", "second_size"), [("valid", False), ("same", True)])
+def test_jax_route_skips_the_second_size_where_no_border_is_read(
+    padding: str, second_size: bool
+) -> None:
+    # Two k3 convolutions and a 2x2 pooling: 'valid', no unit's field meets a border at any
+    # size (rfest_jax._borders), so the check at a second, 1024-long size cannot change the
+    # answer; 'same' pads, and the check runs. Worked by hand: two k3 make 5, the 2x2 pool
+    # 6 at stride 2; padding 0 ('valid') or 1 + 1 = 2 ('same').
+    x = inputs = keras.Input((None, None, 1))
+    x = L.Conv2D(2, 3, padding=padding)(x)
+    x = L.Conv2D(2, 3, padding=padding)(x)
+    x = L.AveragePooling2D(2, name="pool")(x)
+    model = keras.Model(inputs, x)
+    measured = provider(model, input_shape=(24, 24, 1), output="pool")
+    sizes: list[tuple[int, ...]] = []
+    maps = measured.gradient_maps
+
+    def recorded(spatial_shape, output_name, units):  # type: ignore[no-untyped-def]
+        sizes.append(tuple(spatial_shape))
+        return maps(spatial_shape, output_name, units)
+
+    measured.gradient_maps = recorded  # type: ignore[method-assign]
+    rf = estimate(measured, "pool")
+    assert geometry(rf) == ((6, 6), (2, 2), (0, 0) if padding == "valid" else (2, 2))
+    assert any(max(s) >= 1024 for s in sizes) == second_size
