@@ -103,6 +103,18 @@ def _steps(x: Array) -> Array:
     return grad + out[:, None]
 
 
+def _sum_of_steps(x: Array) -> Array:
+    # The pullback of one slice per step pads each step's gradient to the full length and
+    # sums them (an addition into a region, in place from the second on), and one step read
+    # twice keeps its padded gradient for later.
+    def steps(y: Array) -> Array:
+        return sum((y[:, i] * (i + 1.0) for i in range(y.shape[1])), y[:, 2] ** 2)
+
+    out, pullback = jax.vjp(steps, x)
+    (grad,) = pullback(jnp.ones_like(out))
+    return grad + jnp.pad(x[:, 1:], ((0, 0), (1, 0), (0, 0), (0, 0))) + x
+
+
 PROGRAMS: dict[str, Callable[[Array], Array]] = {
     "windowed sums": _windows,
     "padding, a nested jit": _pads,
@@ -110,6 +122,7 @@ PROGRAMS: dict[str, Callable[[Array], Array]] = {
     "selections, slices, broadcasts": _structure,
     "padding read by window sums": _padded_windows,
     "steps of a loop over an axis": _steps,
+    "a sum of padded steps": _sum_of_steps,
 }
 
 
@@ -135,6 +148,19 @@ def test_padding_read_only_by_a_window_sum_is_never_built() -> None:
     pads = [e for e in program.jaxpr.eqns if e.primitive.name == "pad"]
     # one of four folded into its window sum (see _padded_windows)
     assert len(pads) == 3
+
+
+def test_padded_steps_are_added_into_one_array() -> None:
+    with jax.enable_x64(True):
+        closed = jax.make_jaxpr(_sum_of_steps)(_RNG.random((2, 5, 7, 6)))
+    program = numpy_program(closed)
+    assert program is not None
+    names = [eqn.primitive.name for eqn in program.jaxpr.eqns]
+    before = [eqn.primitive.name for eqn in closed.jaxpr.eqns]
+    assert before.count("pad") >= 5 and names.count("pad") == before.count("pad") - 5
+    assert names.count("rfest_add_padded") == 5
+    in_place = [e.params["in_place"] for e in program.jaxpr.eqns if "in_place" in e.params]
+    assert in_place.count(True) >= 3  # each sum read once adds into its own array
 
 
 def test_programs_it_cannot_run_are_left_to_the_compiler() -> None:
