@@ -163,6 +163,8 @@ def linearize_config(config: dict[str, Any]) -> None:
             entry["class_name"] = _MERGES[name]
         elif "activation" in inner:
             inner["activation"] = "linear"
+        if inner.get("use_bias") is True:
+            inner["use_bias"] = False  # linearized biases are zero: no add to trace
         for key, value in inner.items():
             # set_constant_weights overwrites every float weight: drawing random initial
             # values first was a tenth of building NASNetMobile's copy
