@@ -47,10 +47,11 @@ def _runner(model: keras.Model, constants: list[tuple[object, np.ndarray]]) -> o
 
 
 def _elements(model: keras.Model, batch: int) -> int:
-    """Elements of every layer output at the model's fixed size, from Keras' shapes."""
+    """Elements of every layer output at the model's fixed size, from Keras' shapes, but
+    the Dropout's: at inference it passes its input through and keeps no new values."""
     total = 0
     for layer in model._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, keras.Model) or type(layer).__name__ == "InputLayer":
+        if isinstance(layer, keras.Model) or type(layer).__name__ in ("InputLayer", "Dropout"):
             continue
         total += batch * math.prod(int(d) for d in layer.output.shape[1:])
     return total

@@ -77,11 +77,13 @@ def run_graph(
             if training:
                 kwargs["training"] = False
             result = call(*args, **kwargs)
-            # ``tf.size`` itself: ``keras.ops.size`` converts and dispatches first
+            # an input passed through (a linearized activation or normalization) keeps
+            # no new values; ``tf.size`` itself: ``keras.ops.size`` converts first
+            inputs = {id(t) for t in keras.tree.flatten((args, kwargs))}
             sizes.extend(
                 tf.size(t, out_type=tf.int64)
                 for t in keras.tree.flatten(result)
-                if getattr(t, "shape", None) is not None
+                if getattr(t, "shape", None) is not None and id(t) not in inputs
             )
             return result
 
