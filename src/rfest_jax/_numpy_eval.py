@@ -79,12 +79,7 @@ def _folded_pads(eqns: list[Any], outvars: Sequence[Any]) -> list[Any]:
     and then sums windows; the window sum reads the padding without writing it out
     (:func:`_reduce_window_sum`), so the padded array is never built.
     """
-    uses = _uses(eqns, outvars)
-    pads = {
-        eqn.outvars[0]: eqn
-        for eqn in eqns
-        if eqn.primitive.name == "pad" and _is_zero(eqn.invars[1]) and uses[eqn.outvars[0]] == 1
-    }
+    pads = _zero_pads_read_once(eqns, outvars)
     folded: set[int] = set()
     out = []
     for eqn in eqns:
@@ -111,12 +106,9 @@ def _accumulated_pads(eqns: list[Any], outvars: Sequence[Any]) -> list[Any]:
     steps (1024 steps: a minute), linear this way."""
     uses = _uses(eqns, outvars)
     pads = {
-        eqn.outvars[0]: eqn
-        for eqn in eqns
-        if eqn.primitive.name == "pad"
-        and _is_zero(eqn.invars[1])
-        and uses[eqn.outvars[0]] == 1
-        and all(
+        var: eqn
+        for var, eqn in _zero_pads_read_once(eqns, outvars).items()
+        if all(
             lo >= 0 and hi >= 0 and not interior
             for lo, hi, interior in eqn.params["padding_config"]
         )
@@ -143,6 +135,16 @@ def _accumulated_pads(eqns: list[Any], outvars: Sequence[Any]) -> list[Any]:
                 sums.add(eqn.outvars[0])
         out.append(eqn)
     return [eqn for eqn in out if id(eqn) not in folded]
+
+
+def _zero_pads_read_once(eqns: list[Any], outvars: Sequence[Any]) -> dict[Var, Any]:
+    """Each ``pad`` with zeros whose result one equation reads, by that result."""
+    uses = _uses(eqns, outvars)
+    return {
+        eqn.outvars[0]: eqn
+        for eqn in eqns
+        if eqn.primitive.name == "pad" and _is_zero(eqn.invars[1]) and uses[eqn.outvars[0]] == 1
+    }
 
 
 def _uses(eqns: list[Any], outvars: Sequence[Any]) -> dict[Var, int]:

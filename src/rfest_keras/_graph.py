@@ -10,7 +10,7 @@ a layer computes: :func:`run_graph` walks the graph's nodes in Keras' own order
 layer takes it. Only for copies made of Keras' built-in layers and graph operations
 (:func:`direct_runnable`); one with a layer it does not know (custom, masking, another
 dtype) is traced through ``__call__`` as before. It also counts the elements of every
-layer output, for the memory budget.
+layer output that is not one of its inputs passed through, for the memory budget.
 """
 
 from __future__ import annotations
@@ -52,8 +52,8 @@ def run_graph(
     model: keras.Model, inputs: Any, constants: Sequence[tuple[Any, np.ndarray]] = ()
 ) -> tuple[Any, Any]:
     """``model(inputs, training=False)`` and the elements of every layer output on the
-    way (a float64 tensor), calling each layer's ``call`` directly. Only for models
-    :func:`direct_runnable` accepts.
+    way but inputs passed through (a float64 tensor), calling each layer's ``call``
+    directly. Only for models :func:`direct_runnable` accepts.
 
     ``constants`` (variable, value) pairs (:func:`weight_values`) enter a trace as
     constants instead of variable reads: each read of a variable in a ``tf.function``
@@ -79,11 +79,11 @@ def run_graph(
             result = call(*args, **kwargs)
             # an input passed through (a linearized activation or normalization) keeps
             # no new values; ``tf.size`` itself: ``keras.ops.size`` converts first
-            inputs = {id(t) for t in keras.tree.flatten((args, kwargs))}
+            passed = {id(t) for t in keras.tree.flatten((args, kwargs))}
             sizes.extend(
                 tf.size(t, out_type=tf.int64)
                 for t in keras.tree.flatten(result)
-                if getattr(t, "shape", None) is not None and id(t) not in inputs
+                if getattr(t, "shape", None) is not None and id(t) not in passed
             )
             return result
 

@@ -98,29 +98,20 @@ class KerasOnJax:
 
     def output_shapes(self, spatial_shape: tuple[int, ...]) -> Mapping[str, tuple[int, ...]]:
         spatial = tuple(int(s) for s in spatial_shape)
-        inner = self._inner_at(spatial)
+        inner = self._running_at(spatial)
         if inner is None:
             return self._keras.output_shapes(spatial)
-        try:
-            shapes = inner.output_shapes(spatial)
-        except ModelCallError as exc:
-            self._refuse(spatial, exc)
-            return self._keras.output_shapes(spatial)
+        shapes = inner.output_shapes(spatial)
         return {name: shapes[self._keys[name]] for name in self.output_names}
 
     def gradient_maps(
         self, spatial_shape: tuple[int, ...], output_name: str, units: Sequence[tuple[int, ...]]
     ) -> np.ndarray:
         spatial = tuple(int(s) for s in spatial_shape)
-        inner = self._inner_at(spatial)
+        inner = self._running_at(spatial)
         if inner is None:
             return self._keras.gradient_maps(spatial, output_name, units)
         key = self._keys[output_name]
-        try:
-            inner.output_shapes(spatial)  # traces: a size the model refuses raises here
-        except ModelCallError as exc:
-            self._refuse(spatial, exc)
-            return self._keras.gradient_maps(spatial, output_name, units)
         self._measure_footprint(spatial)
         return self._budget.in_batches(
             spatial, units, lambda batch: inner.gradient_maps(spatial, key, batch)
@@ -131,31 +122,34 @@ class KerasOnJax:
         :mod:`rfest_jax._borders`): the estimator then skips its check at a second size,
         a probe 1024 long (a TimeDistributed model unrolls that many steps)."""
         spatial = tuple(int(s) for s in spatial_shape)
-        inner = self._inner_at(spatial)
-        if inner is None:
-            return False
-        try:
-            inner.output_shapes(spatial)
-        except ModelCallError:
-            return False
-        return inner.border_free(spatial, self._keys[output_name])
+        inner = self._running_at(spatial)
+        return inner is not None and inner.border_free(spatial, self._keys[output_name])
 
     def input_gradients(
         self, inputs: np.ndarray, output_name: str, unit: tuple[int, ...]
     ) -> np.ndarray:
         x = np.asarray(inputs)
         spatial = tuple(int(s) for s in x.shape[1:-1])
-        inner = self._inner_at(spatial) if x.ndim == len(self.spatial_shape) + 2 else None
-        if inner is None or x.shape[-1] != self._keras._channels:
-            return self._keras.input_gradients(inputs, output_name, unit)
-        try:
-            inner.output_shapes(spatial)
-        except ModelCallError as exc:
-            self._refuse(spatial, exc)
+        ours = x.ndim == len(self.spatial_shape) + 2 and x.shape[-1] == self._keras._channels
+        inner = self._running_at(spatial) if ours else None
+        if inner is None:
             return self._keras.input_gradients(inputs, output_name, unit)
         return inner.input_gradients(x, self._keys[output_name], unit)
 
     # -- the JAX program ----------------------------------------------------------
+
+    def _running_at(self, spatial: tuple[int, ...]) -> JaxGradientProvider | None:
+        """The JAX provider, traced at this size; None where the model refuses the size
+        (the Keras routes measure it then, see :meth:`_refuse`)."""
+        inner = self._inner_at(spatial)
+        if inner is None:
+            return None
+        try:
+            inner.output_shapes(spatial)  # traces: a size the model refuses raises here
+        except ModelCallError as exc:
+            self._refuse(spatial, exc)
+            return None
+        return inner
 
     def _inner_at(self, spatial: tuple[int, ...]) -> JaxGradientProvider | None:
         """The JAX provider (made at the first size the model takes), None where refused."""
