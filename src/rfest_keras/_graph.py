@@ -23,7 +23,7 @@ import numpy as np
 
 from rfest_keras._autodiff import to_numpy
 
-__all__ = ["direct_runnable", "run_graph", "weight_values"]
+__all__ = ["direct_runnable", "graph_of", "run_graph", "summed", "weight_values"]
 
 _BUILT_IN = ("keras.src.layers.", "keras.src.ops.", "keras.src.applications.")
 _MASKING = frozenset({"Masking", "Embedding"})  # their consumers need the masks
@@ -33,13 +33,13 @@ def direct_runnable(model: keras.Model, dtype: str) -> bool:
     """Whether :func:`run_graph` runs every operation of ``model`` directly: a Functional
     graph (a Sequential's own included) whose operations, at any depth, are built-in
     layers and graph operations computing in ``dtype``, or such graphs."""
-    graph = _graph_of(model)
+    graph = graph_of(model)
     if graph is None:
         return False
     for operation in graph.operations:
         if type(operation).__name__ == "InputLayer":
             continue
-        inner = _graph_of(operation)
+        inner = graph_of(operation)
         if inner is not None:
             if not direct_runnable(inner, dtype):
                 return False
@@ -49,26 +49,33 @@ def direct_runnable(model: keras.Model, dtype: str) -> bool:
 
 
 def run_graph(
-    model: keras.Model, inputs: Any, constants: Sequence[tuple[Any, np.ndarray]] = ()
+    model: keras.Model,
+    inputs: Any,
+    constants: Sequence[tuple[Any, np.ndarray]] = (),
+    calls: Callable[[Any], Callable[..., Any]] | None = None,
 ) -> tuple[Any, Any]:
     """``model(inputs, training=False)`` and the elements of every layer output on the
     way but inputs passed through (a float64 tensor), calling each layer's ``call``
-    directly. Only for models :func:`direct_runnable` accepts.
+    directly. Only for models :func:`direct_runnable` accepts (with ``calls``: those
+    :func:`rfest_keras._narrow.narrowable` accepts).
 
     ``constants`` (variable, value) pairs (:func:`weight_values`) enter a trace as
     constants instead of variable reads: each read of a variable in a ``tf.function``
     captures its handle, about as much tracing as the layer's own operations
     (NASNetMobile: 356 reads, a fifth of its trace). For small weights only (a narrowed
-    copy's)."""
+    copy's). ``calls(operation)``, when given, runs in place of each operation's ``call``
+    (:func:`rfest_keras._narrow.narrowed_call` on the user's own model)."""
     import tensorflow as tf
 
     sizes: list[Any] = []
 
     def runner(operation: Any) -> Callable[..., Any]:
-        graph = _graph_of(operation)
+        graph = graph_of(operation)
         if graph is not None:
             return lambda *args, **kwargs: walk(graph, args[0] if args else kwargs["inputs"])
-        call: Callable[..., Any] = _summed(operation) or operation.call
+        call: Callable[..., Any] = (
+            calls(operation) if calls is not None else summed(operation) or operation.call
+        )
         if not isinstance(operation, keras.layers.Layer):
             return call  # a graph operation (``x + y``): not counted, as before
         training = bool(getattr(operation, "_call_has_training_arg", False))
@@ -93,7 +100,7 @@ def run_graph(
         flat: Sequence[Any] = keras.tree.flatten(values)
         return graph._run_through_graph(list(flat), operation_fn=runner)
 
-    graph = _graph_of(model)
+    graph = graph_of(model)
     assert graph is not None
     if constants:
         with keras.StatelessScope(state_mapping=list(constants)):
@@ -109,7 +116,7 @@ def weight_values(model: keras.Model) -> list[tuple[Any, np.ndarray]]:
     return [(v, to_numpy(v)) for v in model.weights]
 
 
-def _summed(operation: Any) -> Callable[..., Any] | None:
+def summed(operation: Any) -> Callable[..., Any] | None:
     """An ``Add`` layer or ``x + y`` as one ``AddN`` where its inputs' shapes agree.
 
     ``tf.add`` may broadcast, so its gradient reduces each input's gradient to that
@@ -142,7 +149,7 @@ def _summed(operation: Any) -> Callable[..., Any] | None:
     return call
 
 
-def _graph_of(model: Any) -> Any:
+def graph_of(model: Any) -> Any:
     """The Functional graph that runs ``model`` (itself, or a built Sequential's own)."""
     if type(model).__name__ == "Sequential":
         model = getattr(model, "_functional", None)

@@ -29,15 +29,23 @@ import keras
 import numpy as np
 
 __all__ = [
+    "APPLICATION_LAYERS",
+    "CHANNEL_BLIND",
+    "ELEMENTWISE_OPERATIONS",
+    "MERGES",
+    "adds_unit_axes",
+    "average_pool",
     "constant_value",
     "linear_call",
     "linear_merge",
     "linear_operation",
     "linearize_config",
     "linearize_layers",
+    "mean_of",
     "narrow_config",
     "patch_pooling_3d",
     "set_constant_weights",
+    "sum_of",
 ]
 
 _IDENTITY = frozenset(
@@ -70,7 +78,7 @@ _AS_AVERAGE = {
     for kind in ("", "Global", "Adaptive")
     for d in (1, 2, 3)
 }
-_MERGES = {"Maximum": "Average", "Minimum": "Average", "Subtract": "Add", "Multiply": "Average"}
+MERGES = {"Maximum": "Average", "Minimum": "Average", "Subtract": "Add", "Multiply": "Average"}
 # Graph operations (``x * g`` between Keras tensors in a Functional model) swapped likewise.
 _OPERATIONS = {"Multiply": "mean", "Maximum": "mean", "Minimum": "mean", "Subtract": "sum"}
 
@@ -82,7 +90,7 @@ _WIDTH_PARAMETER = {
     **{f"SeparableConv{d}D": "filters" for d in (1, 2)},
     "Dense": "units",
 }
-_CHANNEL_BLIND = frozenset(
+CHANNEL_BLIND = frozenset(
     {
         "InputLayer",
         "Identity",
@@ -109,10 +117,10 @@ _CHANNEL_BLIND = frozenset(
     }
 )
 # Layers of keras.applications (registered, not in keras.layers) that treat channels alike.
-_APPLICATION_LAYERS = {"LayerScale": "projection_dim", "CustomScaleLayer": None}
+APPLICATION_LAYERS = {"LayerScale": "projection_dim", "CustomScaleLayer": None}
 # Element-wise graph operations (``x + y``, ``x * g``, ``keras.ops.relu(x)`` on Keras
 # tensors; a constant operand broadcasts alike over one channel or many).
-_ELEMENTWISE_OPERATIONS = frozenset(
+ELEMENTWISE_OPERATIONS = frozenset(
     {
         *("Add", "Multiply", "Subtract", "TrueDivide", "Divide", "Maximum", "Minimum"),
         *("Relu", "Relu6", "LeakyRelu", "Elu", "Selu", "Gelu", "Silu", "Sigmoid", "Tanh"),
@@ -159,8 +167,8 @@ def linearize_config(config: dict[str, Any]) -> None:
                     node["kwargs"] = {}
         elif name in _AS_AVERAGE:
             entry["class_name"] = _AS_AVERAGE[name]
-        elif name in _MERGES:
-            entry["class_name"] = _MERGES[name]
+        elif name in MERGES:
+            entry["class_name"] = MERGES[name]
         elif "activation" in inner:
             inner["activation"] = "linear"
         if inner.get("use_bias") is True:
@@ -191,12 +199,12 @@ def narrow_config(config: dict[str, Any]) -> bool:
         if name in _CONTAINERS and module.startswith("keras"):
             continue
         inner = entry["config"]
-        if module.startswith("keras.src.applications") and name in _APPLICATION_LAYERS:
-            key = _APPLICATION_LAYERS[name]
+        if module.startswith("keras.src.applications") and name in APPLICATION_LAYERS:
+            key = APPLICATION_LAYERS[name]
             if key is not None:
                 changes.append((inner, key))
             continue
-        if module.startswith("keras.src.ops") and name in _ELEMENTWISE_OPERATIONS:
+        if module.startswith("keras.src.ops") and name in ELEMENTWISE_OPERATIONS:
             continue
         if not _keras_layer(entry):
             return False
@@ -206,11 +214,11 @@ def narrow_config(config: dict[str, Any]) -> bool:
             if inner.get("groups", 1) != 1:
                 changes.append((inner, "groups"))
             changes.append((inner, _WIDTH_PARAMETER[name]))
-        elif name == "Reshape" and _adds_unit_axes(inner.get("target_shape")):
+        elif name == "Reshape" and adds_unit_axes(inner.get("target_shape")):
             reshapes.append(inner)
         elif name == "Activation" and inner.get("activation") == "linear":
             continue
-        elif name not in _CHANNEL_BLIND:
+        elif name not in CHANNEL_BLIND:
             return False
     for inner in reshapes:
         inner["target_shape"] = [*inner["target_shape"][:-1], -1]
@@ -228,16 +236,16 @@ def linear_call(layer: Any) -> Any:
     if name in _IDENTITY:
         return _identity
     if name in _AS_AVERAGE:
-        return _average_pool(layer, name)
+        return average_pool(layer, name)
     return None
 
 
 def linear_merge(layer: Any) -> Any:
     """The linear replacement of a merge layer's ``_merge_function``, or None."""
     name = type(layer).__name__
-    if not type(layer).__module__.startswith("keras.") or name not in _MERGES:
+    if not type(layer).__module__.startswith("keras.") or name not in MERGES:
         return None
-    return _sum if _MERGES[name] == "Add" else _mean
+    return sum_of if MERGES[name] == "Add" else mean_of
 
 
 def linear_operation(operation: Any) -> Any:
@@ -245,7 +253,7 @@ def linear_operation(operation: Any) -> Any:
     kind = _OPERATIONS.get(type(operation).__name__)
     if kind is None or not type(operation).__module__.startswith("keras.src.ops"):
         return None
-    combine = _sum if kind == "sum" else _mean
+    combine = sum_of if kind == "sum" else mean_of
     original = operation.call
 
     def call(*args: Any, **kwargs: Any) -> Any:
@@ -271,7 +279,7 @@ def _defer_nested_sequential_builds(config: dict[str, Any]) -> None:
         _defer_nested_sequential_builds(inner)
 
 
-def _adds_unit_axes(target: Any) -> bool:
+def adds_unit_axes(target: Any) -> bool:
     """A reshape of a channel vector to ``(1, ..., 1, C)`` (squeeze-excite): any C does."""
     return (
         isinstance(target, (list, tuple)) and len(target) > 1 and all(d == 1 for d in target[:-1])
@@ -332,25 +340,25 @@ def patch_pooling_3d(model: keras.Model) -> None:
     """Let a float64 copy's ``AveragePooling3D`` layers run on TensorFlow's CPU kernels."""
     for layer in model._flatten_layers(include_self=False, recursive=True):
         if type(layer).__name__ == "AveragePooling3D":
-            layer.call = _average_pool(layer, "MaxPooling3D")
+            layer.call = average_pool(layer, "MaxPooling3D")
 
 
 def _identity(inputs: Any, *args: Any, **kwargs: Any) -> Any:
     return inputs
 
 
-def _sum(inputs: list[Any]) -> Any:
+def sum_of(inputs: list[Any]) -> Any:
     total = inputs[0]
     for x in inputs[1:]:
         total = keras.ops.add(total, x)
     return total
 
 
-def _mean(inputs: list[Any]) -> Any:
-    return keras.ops.divide(_sum(inputs), len(inputs))
+def mean_of(inputs: list[Any]) -> Any:
+    return keras.ops.divide(sum_of(inputs), len(inputs))
 
 
-def _average_pool(layer: Any, name: str) -> Any:
+def average_pool(layer: Any, name: str) -> Any:
     data_format = getattr(layer, "data_format", "channels_last")
     if name.startswith("Global"):
         keepdims = bool(getattr(layer, "keepdims", False))

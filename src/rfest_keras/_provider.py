@@ -1,7 +1,11 @@
 """The Keras 3 :class:`rfest.GradientProvider`, on whichever framework runs Keras.
 
-Two routes, chosen per model (and per probe size) without the user asking:
+Three routes, chosen per model (and per probe size) without the user asking:
 
+- **narrowed** (:mod:`rfest_keras._narrow`, TensorFlow): the user's own graph, walked
+  with one channel per layer. For Functional and Sequential models made of Keras' built-in
+  layers (the whole ``keras.applications`` catalogue): no copy is built, no variable is
+  read, and only the layers' dtype policies are swapped while the program is traced.
 - **live** (:mod:`rfest_keras._live`): the user's model itself, called with substituted
   variables and swapped layer behaviour that are all undone after each call. It runs
   every model Keras can call: subclassed models without ``get_config``, nested models,
@@ -41,6 +45,7 @@ from rfest_keras._autodiff import Compiled, compiled, precision, supported, vjp
 from rfest_keras._graph import direct_runnable, run_graph, weight_values
 from rfest_keras._live import LiveModel, layer_calls, nth_call
 from rfest_keras._memory import DEFAULT_MAX_MEMORY_GIB, Budget, count_elements, run_counting
+from rfest_keras._narrow import narrowable, run_narrowed
 from rfest_keras._rebuild import Built, build_copy, finish, is_graph_model, own
 from rfest_keras._tf_quirks import onednn_active
 
@@ -173,6 +178,8 @@ class KerasGradientProvider:
         self._copies: dict[tuple[int, ...], Built] = {}
         self._live: LiveModel | None = None
         self._route_chosen = False
+        self._narrowed = False  # the user's own graph, one channel per layer (TensorFlow)
+        self._narrowed_failed = False
         self._live_refused: set[tuple[int, ...]] = set()
         self._live_result: Any = None
         self._shapes: dict[tuple[int, ...], dict[str, tuple[int, ...]]] = {}
@@ -233,7 +240,9 @@ class KerasGradientProvider:
                         shape, elements = program.output_shape(
                             np.ones((1, *spatial, self._channels))
                         )
-                except Exception:
+                except Exception as exc:
+                    if self._narrowed:
+                        return self._narrowed_refused(spatial, exc)
                     return None  # a size the model refuses: Keras says why
                 if self._budget.per_pixel is None:
                     self._footprint_tried = True
@@ -291,6 +300,10 @@ class KerasGradientProvider:
                 or len(self._outputs) > _MAX_PROGRAMS
             ):
                 return None
+            if name not in self._compiled and self._narrowed:
+                self._compiled[name] = compiled(
+                    self._narrowed_function(name), len(spatial), self._channels, self._dtype
+                )
             if name not in self._compiled:
                 self._copy_for(spatial)
                 dynamic = self._dynamic
@@ -304,6 +317,40 @@ class KerasGradientProvider:
                         self._dtype,
                     )
             return self._compiled[name]
+
+    def _narrowed_function(self, name: str) -> Callable[[Any], tuple[Any, Any]]:
+        """``x -> (output, elements of every layer output)``: the user's graph walked with
+        one channel per layer (:mod:`rfest_keras._narrow`), for a trace."""
+        model, feeds, dtype = self._model, self._feeds(self._model.inputs), self._dtype
+        if self._layers_of.get(name, name) is None:
+            return lambda x: run_narrowed(model, feeds(x), dtype)
+        layers = layer_calls(model)
+        base, index = kit.split_call(name, set(layers)) or (name, None)
+        if len(layers.get(base, [])) != 1:
+            raise OutputNotFoundError(
+                f"{len(layers.get(base, []))} layers are named {base!r} (in nested models); "
+                f"rename one of them to measure it"
+            )
+        target = layers[base][0]
+
+        def captured(x: Any) -> tuple[Any, Any]:
+            outputs: list[Any] = []
+            _, elements = run_narrowed(model, feeds(x), dtype, record=(target, outputs))
+            return nth_call(outputs, name, base, index), elements
+
+        return captured
+
+    def _narrowed_refused(
+        self, spatial: tuple[int, ...], exc: Exception
+    ) -> dict[str, tuple[int, ...]] | None:
+        """The narrowed program failed: at the first size, the route did (the copy takes
+        over, and Keras says what is wrong if it fails too); later, the model refuses the
+        size (thin probes of a network that needs 75 pixels)."""
+        if self._shapes:
+            raise self._call_error((1, *spatial, self._channels), exc) from exc
+        self._narrowed, self._narrowed_failed, self._route_chosen = False, True, False
+        self._compiled.clear()
+        return self._program_shapes(spatial)
 
     def _counting_function(
         self, built: Built, spatial: tuple[int, ...], name: str
@@ -455,6 +502,13 @@ class KerasGradientProvider:
             return
         if is_graph_model(self._model):
             if self._linearize and self._narrow and not _copy_refused.get(self._model, False):
+                if (
+                    keras.backend.backend() == "tensorflow"
+                    and not self._narrowed_failed
+                    and narrowable(self._model)
+                ):
+                    self._narrowed = True
+                    return
                 try:
                     self._dynamic = self._build(self._model, [None] * axes)
                 except Exception:

@@ -1,0 +1,226 @@
+"""One channel per layer on the user's own model: the one-channel copy, without the copy.
+
+With constant positive weights every output channel of a convolution or dense layer is
+the same function of its input, so one channel has the support of all of them
+(:mod:`rfest_keras._linearize`). The one-channel copy gets there by rebuilding the model
+from its config with one filter per layer; building it costs a Keras layer, a symbolic
+pass and fresh variables per layer (DenseNet121: 0.4-1 s, about two of its own forward and
+backward passes). Here the user's graph is walked instead (:func:`rfest_keras._graph.run_graph`)
+and each built-in layer runs :func:`narrowed_call`: a function of the layer's geometry
+(kernel size, strides, padding, dilation, data format) that makes the copy's one-filter
+kernel ``1 / fan_in`` for the channels its input has. It reads no variable of the model,
+and the layers that run their own ``call`` (padding, cropping, concatenation...) hold no
+float weights. A model with any layer the table does not know is refused
+(:func:`narrowable`) and measured through the copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import keras
+import numpy as np
+
+from rfest_keras._graph import graph_of, run_graph, summed
+from rfest_keras._linearize import (
+    APPLICATION_LAYERS,
+    CHANNEL_BLIND,
+    ELEMENTWISE_OPERATIONS,
+    MERGES,
+    adds_unit_axes,
+    average_pool,
+    linear_call,
+    linear_operation,
+    mean_of,
+    sum_of,
+)
+
+__all__ = ["narrowable", "narrowed_call", "run_narrowed"]
+
+Call = Callable[..., Any]
+
+_CONVOLUTIONS = frozenset(f"Conv{d}D" for d in (1, 2, 3))
+_TRANSPOSED = frozenset(f"Conv{d}DTranspose" for d in (1, 2, 3))
+_SEPARABLE = frozenset(f"SeparableConv{d}D" for d in (1, 2))
+_DEPTHWISE = frozenset(f"DepthwiseConv{d}D" for d in (1, 2))
+_WINDOW_AVERAGES = frozenset(f"AveragePooling{d}D" for d in (1, 2, 3))
+
+
+def narrowable(model: Any) -> bool:
+    """Every operation of ``model``'s graph, at any depth, has a :func:`narrowed_call`."""
+    graph = graph_of(model)
+    if graph is None:
+        return False
+    for operation in graph.operations:
+        inner = graph_of(operation)
+        if inner is not None:
+            if not narrowable(inner):
+                return False
+        elif type(operation).__name__ != "InputLayer" and narrowed_call(operation) is None:
+            return False
+    return True
+
+
+def narrowed_call(operation: Any) -> Call | None:
+    """What ``operation`` computes in the one-channel linearized copy, at whatever number of
+    channels its input has; None for an operation the table does not know."""
+    kind, module = type(operation).__name__, type(operation).__module__
+    if module.startswith("keras.src.ops."):
+        if kind not in ELEMENTWISE_OPERATIONS:
+            return None
+        call: Call = summed(operation) or linear_operation(operation) or operation.call
+        return call
+    if module.startswith("keras.src.applications."):
+        if kind not in APPLICATION_LAYERS:
+            return None
+        return _identity if kind == "LayerScale" else _own(operation)
+    if not module.startswith("keras.src.layers.") or not _plain(operation):
+        return None
+    swapped: Call | None = linear_call(operation)  # identities, max pooling
+    if swapped is not None:
+        return swapped
+    if kind in _WINDOW_AVERAGES:  # TensorFlow has no float64 3-D kernel: average_pool has
+        return average_pool(operation, kind)
+    if kind in MERGES or kind in ("Add", "Average"):
+        if kind == "Add":
+            return summed(operation)
+        combine = sum_of if MERGES.get(kind) == "Add" else mean_of
+        return lambda inputs, *args, **kwargs: combine(list(inputs))
+    if kind in _CONVOLUTIONS | _TRANSPOSED | _SEPARABLE | _DEPTHWISE or kind == "Dense":
+        return _one_filter(operation, kind)
+    if kind == "Reshape" and adds_unit_axes(operation.target_shape):
+        return _unit_axes(tuple(operation.target_shape))
+    if kind in CHANNEL_BLIND:
+        return _own(operation)
+    return None
+
+
+def run_narrowed(
+    model: keras.Model, inputs: Any, dtype: str, record: tuple[Any, list[Any]] | None = None
+) -> tuple[Any, Any]:
+    """:func:`rfest_keras._graph.run_graph` of a :func:`narrowable` model, every operation
+    replaced by its :func:`narrowed_call`, in ``dtype``; ``record`` ``(layer, outputs)``
+    collects the output of each call of that layer."""
+
+    def calls(operation: Any) -> Call:
+        call = narrowed_call(operation)
+        if call is None:
+            raise TypeError(f"{type(operation).__name__} has no one-channel counterpart")
+        if record is None or operation is not record[0]:
+            return call
+
+        def recorded(*args: Any, **kwargs: Any) -> Any:
+            record[1].append(call(*args, **kwargs))
+            return record[1][-1]
+
+        return recorded
+
+    with _computing_in(model, dtype):
+        return run_graph(model, inputs, calls=calls)
+
+
+@contextlib.contextmanager
+def _computing_in(model: keras.Model, dtype: str) -> Iterator[None]:
+    """Every layer of ``model`` computes in ``dtype`` for a while (the layers that run their
+    own ``call`` cast to their compute dtype: a float32 round trip would round the
+    gradient on its way back); their policies are put back after."""
+    from rfest_keras._live import Patches, all_layers
+
+    patches = Patches()
+    policy = keras.DTypePolicy(dtype)
+    try:
+        for layer in all_layers(model):
+            if not isinstance(layer._dtype_policy, keras.dtype_policies.DTypePolicyMap):
+                patches.set(layer, "_dtype_policy", policy)
+        yield
+    finally:
+        patches.restore()
+
+
+def _plain(layer: Any) -> bool:
+    """A built layer that is not a wrapper (wrappers call their sublayers' ``__call__``)."""
+    return (
+        isinstance(layer, keras.layers.Layer)
+        and layer.built
+        and not list(layer._flatten_layers(include_self=False, recursive=False))
+    )
+
+
+def _own(layer: Any) -> Call | None:
+    """The layer's own ``call``, for a layer without float weights (nothing to replace)."""
+    for variable in layer.weights:
+        if keras.backend.standardize_dtype(variable.dtype).startswith(("float", "bfloat")):
+            return None
+    call: Call = layer.call
+    return call
+
+
+def _identity(inputs: Any, *args: Any, **kwargs: Any) -> Any:
+    return inputs
+
+
+def _constant(shape: tuple[int, ...], value: float, dtype: Any) -> Any:
+    return keras.ops.convert_to_tensor(np.full(shape, value), dtype=dtype)
+
+
+def _one_filter(layer: Any, kind: str) -> Call:
+    """The layer with one output filter (a depthwise layer: its multiplier per channel),
+    its weights ``1 / fan_in`` as :func:`rfest_keras._linearize.constant_value` sets them,
+    and no bias or activation."""
+    data_format = getattr(layer, "data_format", "channels_last")
+    kernel = tuple(getattr(layer, "kernel_size", ()))
+    taps = math.prod(kernel)
+    geometry = {
+        "strides": tuple(getattr(layer, "strides", ())),
+        "padding": getattr(layer, "padding", "valid"),
+        "dilation_rate": getattr(layer, "dilation_rate", 1),
+        "data_format": data_format,
+    }
+    causal = {**geometry, "padding": "valid"}
+
+    def call(inputs: Any, *args: Any, **kwargs: Any) -> Any:
+        dtype = inputs.dtype
+        if kind == "Dense":
+            channels = int(inputs.shape[-1])
+            return keras.ops.matmul(inputs, _constant((channels, 1), 1 / channels, dtype))
+        channels = int(inputs.shape[-1 if data_format == "channels_last" else 1])
+        if kind in _DEPTHWISE or kind in _SEPARABLE:
+            multiplier = int(layer.depth_multiplier)
+            depthwise = _constant((*kernel, channels, multiplier), 1 / taps, dtype)
+            if kind in _DEPTHWISE:
+                return keras.ops.depthwise_conv(inputs, depthwise, **geometry)
+            width = channels * multiplier
+            pointwise = _constant((*(1,) * len(kernel), width, 1), 1 / width, dtype)
+            return keras.ops.separable_conv(inputs, depthwise, pointwise, **geometry)
+        weight = 1 / (taps * channels)
+        if kind in _TRANSPOSED:
+            one_filter = _constant((*kernel, 1, channels), weight, dtype)
+            return keras.ops.conv_transpose(
+                inputs, one_filter, output_padding=layer.output_padding, **geometry
+            )
+        one_filter = _constant((*kernel, channels, 1), weight, dtype)
+        if geometry["padding"] != "causal":
+            return keras.ops.conv(inputs, one_filter, **geometry)
+        left = int(layer.dilation_rate[0]) * (kernel[0] - 1)  # Conv1D: pad the past only
+        pads = (
+            [[0, 0], [left, 0], [0, 0]]
+            if data_format == "channels_last"
+            else [[0, 0], [0, 0], [left, 0]]
+        )
+        return keras.ops.conv(keras.ops.pad(inputs, pads), one_filter, **causal)
+
+    return call
+
+
+def _unit_axes(target: tuple[int, ...]) -> Call:
+    """A squeeze-excite reshape of a channel vector to ``(1, ..., 1, C)``, for any C."""
+
+    def call(inputs: Any, *args: Any, **kwargs: Any) -> Any:
+        sizes = [int(d) if d is not None else -1 for d in inputs.shape[1:]]
+        width = math.prod(sizes) // math.prod(target[:-1]) if -1 not in sizes else -1
+        return keras.ops.reshape(inputs, (keras.ops.shape(inputs)[0], *target[:-1], width))
+
+    return call

@@ -1,0 +1,182 @@
+"""The user's own graph run one channel per layer (rfest_keras._narrow, TensorFlow): what
+the one-channel copy computes, exact fields, no copy built, the model untouched."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+keras = pytest.importorskip("keras")
+
+import numpy as np  # noqa: E402
+from keras import layers as L  # noqa: E402
+
+import rfest  # noqa: E402
+import rfest_keras._narrow as narrow_module  # noqa: E402
+import rfest_keras._provider as provider_module  # noqa: E402
+from keras_recurrence import field_of  # noqa: E402
+from rfest_keras._autodiff import to_numpy  # noqa: E402
+from rfest_keras._graph import run_graph, weight_values  # noqa: E402
+from rfest_keras._narrow import narrowable, run_narrowed  # noqa: E402
+from rfest_keras._rebuild import build_copy  # noqa: E402
+
+pytestmark = [
+    pytest.mark.keras,
+    pytest.mark.skipif(
+        keras.backend.backend() != "tensorflow", reason="the compiled route is TensorFlow's"
+    ),
+]
+
+
+def _every_kind_2d() -> keras.Model:
+    """Every 2-D layer kind of the table: strided, dilated and grouped convolutions,
+    depthwise and separable ones with a multiplier, a transposed one with output padding,
+    every merge, a squeeze-excite gate, a dense layer on a feature map, pooling,
+    padding, cropping and upsampling."""
+    x = inputs = keras.Input((None, None, 3))
+    a = L.ReLU()(L.BatchNormalization()(L.Conv2D(8, 3, strides=2, padding="same")(x)))
+    b = L.Conv2D(8, 3, padding="same", dilation_rate=2, groups=4)(a)
+    c = L.ZeroPadding2D(1)(L.DepthwiseConv2D(3, depth_multiplier=2)(a))
+    d = L.SeparableConv2D(8, 3, padding="same", depth_multiplier=2, activation="relu")(a)
+    e = L.MaxPooling2D(2)(L.Conv2DTranspose(8, 3, strides=2, padding="same", output_padding=1)(a))
+    m = L.Subtract()([L.Add()([b, d]), b])
+    m = L.Minimum()([L.Maximum()([L.Multiply()([m, d]), b]), d])
+    joined = L.Concatenate()([L.Average()([m, e]), c])
+    gate = L.Reshape((1, 1, 24))(L.Dense(24)(L.GlobalAveragePooling2D()(joined)))
+    y = L.Dense(8)(L.Multiply()([joined, gate]))
+    y = L.Cropping2D(1)(L.UpSampling2D(2)(L.AveragePooling2D(2)(y)))
+    return keras.Model(inputs, L.Conv2D(4, 1)(y + L.Cropping2D(1)(a)))
+
+
+def _every_kind_1d() -> keras.Model:
+    x = inputs = keras.Input((None, 2))
+    x = L.Conv1D(6, 3, padding="causal", dilation_rate=2)(x)
+    x = L.SeparableConv1D(4, 3, depth_multiplier=3, padding="same")(x)
+    x = L.DepthwiseConv1D(5, strides=2)(x)
+    x = L.Conv1DTranspose(4, 4, strides=2)(x)
+    return keras.Model(inputs, L.GlobalMaxPooling1D(keepdims=True)(x) + x)
+
+
+def _every_kind_3d() -> keras.Model:
+    x = inputs = keras.Input((None, None, None, 1))
+    x = L.Conv3D(4, 3, strides=(1, 2, 1), padding="same")(x)
+    x = L.Conv3DTranspose(3, 2, strides=2)(x)
+    return keras.Model(inputs, L.AveragePooling3D(2)(x))
+
+
+@pytest.mark.parametrize(
+    "build, shape",
+    [
+        (_every_kind_2d, (1, 16, 16, 3)),
+        (_every_kind_1d, (1, 40, 2)),
+        (_every_kind_3d, (1, 6, 8, 6, 1)),
+    ],
+)
+def test_narrowed_graph_computes_what_the_one_channel_copy_computes(
+    build: Any, shape: tuple[int, ...]
+) -> None:
+    import tensorflow as tf
+
+    model = build()
+    assert narrowable(model)
+    copy = build_copy(
+        model, [None] * (len(shape) - 2), 0, dtype="float64", linearize=True, narrow=True
+    )
+    assert copy.narrowed
+    for grown in (shape, (shape[0], *(2 * n for n in shape[1:-1]), shape[-1])):
+        x = tf.constant(np.random.default_rng(0).random(grown))
+        want, want_elements = run_graph(copy.model, x, weight_values(copy.model))
+        got, elements = run_narrowed(model, x, "float64")
+        assert got.dtype == tf.float64
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-12)
+        assert float(elements) == float(want_elements)
+
+
+def _plain_net() -> keras.Model:
+    """A field the recurrences give (no global gate): 'same' and 'valid' convolutions,
+    depthwise, separable, pooling, a residual sum and a branch concatenation."""
+    x = inputs = keras.Input((None, None, 3))
+    x = L.ReLU()(L.BatchNormalization()(L.Conv2D(8, 3, strides=2, padding="same")(x)))
+    x = L.DepthwiseConv2D(3, padding="same")(x)
+    y = L.SeparableConv2D(8, 5, padding="same", dilation_rate=2)(x)
+    x = L.Add()([x, y])
+    x = L.MaxPooling2D(3, strides=2)(x)
+    x = L.Concatenate()([L.Conv2D(4, 1)(x), L.Conv2D(4, 3, padding="same")(x)])
+    return keras.Model(inputs, L.Conv2D(6, 3, name="top")(x))
+
+
+def _snapshot(model: keras.Model) -> list[Any]:
+    """Weights with their values, and every instance attribute of every layer."""
+    weights = [(v.path, to_numpy(v)) for v in model.weights]
+    attributes = [
+        {k: id(v) for k, v in vars(layer).items()}
+        for layer in model._flatten_layers(include_self=True, recursive=True)
+    ]
+    return [weights, attributes]
+
+
+def test_fields_are_exact_without_a_copy_and_the_model_is_untouched(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model = _plain_net()
+
+    def no_copy(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the narrowed route builds no copy")
+
+    monkeypatch.setattr(provider_module, "build_copy", no_copy)
+    before = _snapshot(model)
+    for output, shape in ((None, (64, 64)), ("top", (48, 40))):
+        rf = rfest.compute(model, (*shape, 3), output=output)
+        want = field_of(model, shape, output)
+        assert (rf.size, rf.stride, rf.padding) == want
+    after = _snapshot(model)
+    assert [w[0] for w in after[0]] == [w[0] for w in before[0]]
+    for (path, value), (_, again) in zip(before[0], after[0], strict=True):
+        assert np.array_equal(value, again), path
+    assert after[1] == before[1]
+
+
+def test_a_layer_the_narrowed_run_cannot_take_sends_the_model_to_the_copy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Were the table wrong for a layer (here every separable convolution fails), the
+    first size says so and the copy measures the model: the answer stays exact."""
+    model = _plain_net()
+    built = []
+    original_one_filter, original_build = narrow_module._one_filter, provider_module.build_copy
+
+    def failing(layer: Any, kind: str) -> Any:
+        call = original_one_filter(layer, kind)
+        if kind != "SeparableConv2D":
+            return call
+        return lambda *args, **kwargs: keras.ops.reshape(call(*args, **kwargs), (-1, 7, 1))
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        built.append(1)
+        return original_build(*args, **kwargs)
+
+    monkeypatch.setattr(narrow_module, "_one_filter", failing)
+    monkeypatch.setattr(provider_module, "build_copy", counted)
+    rf = rfest.compute(model, (64, 64, 3))
+    assert (rf.size, rf.stride, rf.padding) == field_of(model, (64, 64))
+    assert built
+
+
+def test_layers_without_a_one_channel_counterpart_are_refused() -> None:
+    class Twice(L.Layer):
+        def call(self, x: Any) -> Any:
+            return keras.ops.multiply(x, 2.0)
+
+    inputs = keras.Input((None, None, 3))
+    conv = L.Conv2D(2, 3)(inputs)
+    assert narrowable(keras.Model(inputs, conv))
+    for head in (
+        Twice()(conv),
+        L.Lambda(lambda t: t * 2.0)(conv),
+        L.Reshape((-1, 2))(conv),
+        L.Permute((2, 1, 3))(conv),
+    ):
+        assert not narrowable(keras.Model(inputs, head))
+    video = keras.Input((None, 8, 8, 3))
+    assert not narrowable(keras.Model(video, L.TimeDistributed(L.Conv2D(2, 3))(video)))
