@@ -66,7 +66,7 @@ def _every_kind_3d() -> keras.Model:
 
 
 @pytest.mark.parametrize(
-    "build, shape",
+    ("build", "shape"),
     [
         (_every_kind_2d, (1, 16, 16, 3)),
         (_every_kind_1d, (1, 40, 2)),
