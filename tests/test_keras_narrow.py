@@ -32,8 +32,8 @@ pytestmark = [
 def _every_kind_2d() -> keras.Model:
     """Every 2-D layer kind of the table: strided, dilated and grouped convolutions,
     depthwise and separable ones with a multiplier, a transposed one with output padding,
-    every merge, a squeeze-excite gate, a dense layer on a feature map, pooling,
-    padding, cropping and upsampling."""
+    every merge (one of tensors of two ranks), a squeeze-excite gate, a dense layer on a
+    feature map, pooling, padding, cropping and upsampling."""
     x = inputs = keras.Input((None, None, 3))
     a = L.ReLU()(L.BatchNormalization()(L.Conv2D(8, 3, strides=2, padding="same")(x)))
     b = L.Conv2D(8, 3, padding="same", dilation_rate=2, groups=4)(a)
@@ -45,6 +45,7 @@ def _every_kind_2d() -> keras.Model:
     joined = L.Concatenate()([L.Average()([m, e]), c])
     gate = L.Reshape((1, 1, 24))(L.Dense(24)(L.GlobalAveragePooling2D()(joined)))
     y = L.Dense(8)(L.Multiply()([joined, gate]))
+    y = L.Maximum()([y, L.GlobalAveragePooling2D()(y)])  # ranks 4 and 2: Keras expands
     y = L.Cropping2D(1)(L.UpSampling2D(2)(L.AveragePooling2D(2)(y)))
     return keras.Model(inputs, L.Conv2D(4, 1)(y + L.Cropping2D(1)(a)))
 

@@ -87,8 +87,7 @@ def narrowed_call(operation: Any) -> Call | None:
     if kind in MERGES or kind in ("Add", "Average"):
         if kind == "Add":
             return summed(operation)
-        combine = sum_of if MERGES.get(kind) == "Add" else mean_of
-        return lambda inputs, *args, **kwargs: combine(list(inputs))
+        return _merged(sum_of if MERGES.get(kind) == "Add" else mean_of)
     if kind in _CONVOLUTIONS | _TRANSPOSED | _SEPARABLE | _DEPTHWISE or kind == "Dense":
         return _one_filter(operation, kind)
     if kind == "Reshape" and adds_unit_axes(operation.target_shape):
@@ -187,14 +186,11 @@ def _one_filter(layer: Any, kind: str) -> Call:
             channels = int(inputs.shape[-1])
             return keras.ops.matmul(inputs, _constant((channels, 1), 1 / channels, dtype))
         channels = int(inputs.shape[-1 if data_format == "channels_last" else 1])
-        if kind in _DEPTHWISE or kind in _SEPARABLE:
-            multiplier = int(layer.depth_multiplier)
-            depthwise = _constant((*kernel, channels, multiplier), 1 / taps, dtype)
-            if kind in _DEPTHWISE:
-                return keras.ops.depthwise_conv(inputs, depthwise, **geometry)
-            width = channels * multiplier
-            pointwise = _constant((*(1,) * len(kernel), width, 1), 1 / width, dtype)
-            return keras.ops.separable_conv(inputs, depthwise, pointwise, **geometry)
+        if kind in _DEPTHWISE:
+            depthwise = _constant((*kernel, channels, int(layer.depth_multiplier)), 1 / taps, dtype)
+            return keras.ops.depthwise_conv(inputs, depthwise, **geometry)
+        # A separable layer's depthwise taps 1 / taps, then the mean of its channels: the
+        # one convolution below, one operation instead of two (NASNet: a third of a trace).
         weight = 1 / (taps * channels)
         if kind in _TRANSPOSED:
             one_filter = _constant((*kernel, 1, channels), weight, dtype)
@@ -211,6 +207,22 @@ def _one_filter(layer: Any, kind: str) -> Call:
             else [[0, 0], [0, 0], [left, 0]]
         )
         return keras.ops.conv(keras.ops.pad(inputs, pads), one_filter, **causal)
+
+    return call
+
+
+def _merged(combine: Callable[[list[Any]], Any]) -> Call:
+    """A merge of the copy (sum or mean), its inputs brought to one rank as Keras' merge
+    layers do (unit axes after the batch axis)."""
+
+    def call(inputs: Any, *args: Any, **kwargs: Any) -> Any:
+        rank = max(len(t.shape) for t in inputs)
+        tensors = []
+        for tensor in inputs:
+            for _ in range(rank - len(tensor.shape)):
+                tensor = keras.ops.expand_dims(tensor, axis=1)
+            tensors.append(tensor)
+        return combine(tensors)
 
     return call
 
