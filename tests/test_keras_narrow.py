@@ -181,3 +181,25 @@ def test_layers_without_a_one_channel_counterpart_are_refused() -> None:
         assert not narrowable(keras.Model(inputs, head))
     video = keras.Input((None, 8, 8, 3))
     assert not narrowable(keras.Model(video, L.TimeDistributed(L.Conv2D(2, 3))(video)))
+
+
+def test_a_classifier_head_and_a_map_in_one_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scores without spatial axes (pooling, then dense) are global; the map beside them
+    keeps its field (3x3 "same" convolution, then 2x2 pooling: 4 / 2 / 1); no copy is
+    built."""
+
+    def no_copy(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the narrowed route builds no copy")
+
+    monkeypatch.setattr(provider_module, "build_copy", no_copy)
+    x = inputs = keras.Input((32, 32, 3))
+    x = L.MaxPooling2D(2, name="pool")(L.Conv2D(8, 3, padding="same", name="conv")(x))
+    scores = L.Dense(5, activation="softmax", name="scores")(L.GlobalAveragePooling2D()(x))
+    model = keras.Model(inputs, [x, scores])
+    fields = rfest.compute(model, output=["pool", "scores"])
+    assert (fields["pool"].size, fields["pool"].stride, fields["pool"].padding) == (
+        (4, 4),
+        (2, 2),
+        (1, 1),
+    )
+    assert fields["scores"].is_global

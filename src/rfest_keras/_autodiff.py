@@ -36,7 +36,11 @@ class Compiled:
         self._program, self._rank, self._dtype = program, rank, dtype
 
     def maps(self, x: np.ndarray, units: Sequence[tuple[int, ...]]) -> np.ndarray:
-        maps, _, _ = self._run(x, np.array(units, np.int32).reshape(len(units), self._rank))
+        if units and all(len(unit) == 0 for unit in units):  # an output without spatial
+            index = np.zeros((len(units), self._rank), np.int32)  # axes: see compiled
+        else:
+            index = np.array(units, np.int32).reshape(len(units), self._rank)
+        maps, _, _ = self._run(x, index)
         return maps
 
     def output_shape(self, x: np.ndarray) -> tuple[tuple[int, ...], int]:
@@ -75,10 +79,13 @@ def compiled(
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(x)
             y, elements = function(x)
-        ones = tf.ones(tf.shape(units)[:1], y.dtype)
-        batch = tf.range(tf.shape(units)[0], dtype=units.dtype)[:, None]
-        points = tf.scatter_nd(tf.concat([batch, units], axis=1), ones, tf.shape(y)[:-1])
-        seed = tf.broadcast_to(points[..., None], tf.shape(y))  # every channel of the unit
+        if len(y.shape) == rank + 2:
+            ones = tf.ones(tf.shape(units)[:1], y.dtype)
+            batch = tf.range(tf.shape(units)[0], dtype=units.dtype)[:, None]
+            points = tf.scatter_nd(tf.concat([batch, units], axis=1), ones, tf.shape(y)[:-1])
+            seed = tf.broadcast_to(points[..., None], tf.shape(y))  # every channel of the unit
+        else:  # no spatial axes (a classifier's scores): each probe's one unit is all of y
+            seed = tf.ones_like(y)
         # kernel gradients would be pruned when the program runs, but tracing them costs
         # a shape and a backprop op per convolution (NASNetMobile: 356)
         with input_gradients_only():

@@ -82,8 +82,9 @@ def narrowed_call(operation: Any) -> Call | None:
     swapped: Call | None = linear_call(operation)  # identities, max pooling
     if swapped is not None:
         return swapped
-    if kind in _WINDOW_AVERAGES:  # TensorFlow has no float64 3-D kernel: average_pool has
-        return average_pool(operation, kind)
+    if kind in _WINDOW_AVERAGES:
+        pool: Call = average_pool(operation, kind)  # float64 3-D pools in float32 there
+        return pool
     if kind in MERGES or kind in ("Add", "Average"):
         if kind == "Add":
             return summed(operation)
