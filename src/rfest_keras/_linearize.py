@@ -348,6 +348,7 @@ def _identity(inputs: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 def sum_of(inputs: list[Any]) -> Any:
+    """The sum of a merge's inputs (broadcasting as ``keras.ops.add`` does)."""
     total = inputs[0]
     for x in inputs[1:]:
         total = keras.ops.add(total, x)
@@ -355,10 +356,13 @@ def sum_of(inputs: list[Any]) -> Any:
 
 
 def mean_of(inputs: list[Any]) -> Any:
+    """The mean of a merge's inputs: what a linearized product, maximum or minimum is."""
     return keras.ops.divide(sum_of(inputs), len(inputs))
 
 
 def average_pool(layer: Any, name: str) -> Any:
+    """A ``call`` averaging over the windows (or the whole extent, ``name`` ``Global...``)
+    of pooling ``layer``; float64 3-D windows pool in float32 on TensorFlow."""
     data_format = getattr(layer, "data_format", "channels_last")
     if name.startswith("Global"):
         keepdims = bool(getattr(layer, "keepdims", False))
