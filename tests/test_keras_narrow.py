@@ -203,3 +203,20 @@ def test_a_classifier_head_and_a_map_in_one_call(monkeypatch: pytest.MonkeyPatch
         (1, 1),
     )
     assert fields["scores"].is_global
+
+
+def test_a_shared_tower_over_two_inputs_without_a_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Siamese towers: one Sequential applied to two inputs (the other input fed ones at
+    the probe's size inside the compiled program). 3x3 convolution, then 3x3 stride 2:
+    field 3 + 2 = 5, stride 2, no padding, for either input."""
+
+    def no_copy(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the narrowed route builds no copy")
+
+    monkeypatch.setattr(provider_module, "build_copy", no_copy)
+    a, b = keras.Input((None, None, 1), name="a"), keras.Input((None, None, 1), name="b")
+    tower = keras.Sequential([L.Conv2D(4, 3), L.ReLU(), L.Conv2D(4, 3, strides=2)])
+    model = keras.Model([a, b], L.Concatenate()([tower(a), tower(b)]))
+    for name in ("a", "b"):
+        rf = rfest.compute(model, (32, 32, 1), input=name)
+        assert (rf.size, rf.stride, rf.padding) == ((5, 5), (2, 2), (0, 0))

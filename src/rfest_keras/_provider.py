@@ -628,7 +628,9 @@ class KerasGradientProvider:
         declared = [tuple(tensor.shape[1:-1]) for tensor in self._model.inputs]
 
         def feed(x: Any) -> list[Any]:
-            batch, spatial = int(x.shape[0]), tuple(int(s) for s in x.shape[1:-1])
+            # sizes a compiled program leaves free are tensors there (keras.ops.shape)
+            dims = tuple(x.shape) if isinstance(x, keras.KerasTensor) else keras.ops.shape(x)
+            batch, spatial = dims[0], tuple(dims[1:-1])
             values: list[Any] = []
             for i, tensor in enumerate(inputs):
                 if i == index:
