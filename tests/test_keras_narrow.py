@@ -94,6 +94,29 @@ def test_narrowed_graph_computes_what_the_one_channel_copy_computes(
         assert float(elements) == float(want_elements)
 
 
+def _other_routes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Records every step off the narrowed route: a copy built, the narrowed program
+    abandoned, the live model run, an eager pass (each still gives the right answer, so
+    only this record tells)."""
+    taken: list[str] = []
+    for owner, name in (
+        (provider_module, "build_copy"),
+        (provider_module.KerasGradientProvider, "_narrowed_refused"),
+        (provider_module.KerasGradientProvider, "_vjp"),
+        (provider_module.LiveModel, "__init__"),
+    ):
+        original = getattr(owner, name)
+
+        def recorded(
+            *args: Any, _original: Any = original, _name: str = name, **kwargs: Any
+        ) -> Any:
+            taken.append(_name)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, recorded)
+    return taken
+
+
 def _plain_net() -> keras.Model:
     """A field the recurrences give (no global gate): 'same' and 'valid' convolutions,
     depthwise, separable, pooling, a residual sum and a branch concatenation."""
@@ -122,15 +145,13 @@ def test_fields_are_exact_without_a_copy_and_the_model_is_untouched(
 ) -> None:
     model = _plain_net()
 
-    def no_copy(*args: Any, **kwargs: Any) -> Any:
-        raise AssertionError("the narrowed route builds no copy")
-
-    monkeypatch.setattr(provider_module, "build_copy", no_copy)
+    other_routes = _other_routes(monkeypatch)
     before = _snapshot(model)
     for output, shape in ((None, (64, 64)), ("top", (48, 40))):
         rf = rfest.compute(model, (*shape, 3), output=output)
         want = field_of(model, shape, output)
         assert (rf.size, rf.stride, rf.padding) == want
+    assert not other_routes
     after = _snapshot(model)
     assert [w[0] for w in after[0]] == [w[0] for w in before[0]]
     for (path, value), (_, again) in zip(before[0], after[0], strict=True):
@@ -188,10 +209,7 @@ def test_a_classifier_head_and_a_map_in_one_call(monkeypatch: pytest.MonkeyPatch
     keeps its field (3x3 "same" convolution, then 2x2 pooling: 4 / 2 / 1); no copy is
     built."""
 
-    def no_copy(*args: Any, **kwargs: Any) -> Any:
-        raise AssertionError("the narrowed route builds no copy")
-
-    monkeypatch.setattr(provider_module, "build_copy", no_copy)
+    other_routes = _other_routes(monkeypatch)
     x = inputs = keras.Input((32, 32, 3))
     x = L.MaxPooling2D(2, name="pool")(L.Conv2D(8, 3, padding="same", name="conv")(x))
     scores = L.Dense(5, activation="softmax", name="scores")(L.GlobalAveragePooling2D()(x))
@@ -203,6 +221,7 @@ def test_a_classifier_head_and_a_map_in_one_call(monkeypatch: pytest.MonkeyPatch
         (1, 1),
     )
     assert fields["scores"].is_global
+    assert not other_routes
 
 
 def test_a_shared_tower_over_two_inputs_without_a_copy(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -210,13 +229,11 @@ def test_a_shared_tower_over_two_inputs_without_a_copy(monkeypatch: pytest.Monke
     the probe's size inside the compiled program). 3x3 convolution, then 3x3 stride 2:
     field 3 + 2 = 5, stride 2, no padding, for either input."""
 
-    def no_copy(*args: Any, **kwargs: Any) -> Any:
-        raise AssertionError("the narrowed route builds no copy")
-
-    monkeypatch.setattr(provider_module, "build_copy", no_copy)
+    other_routes = _other_routes(monkeypatch)
     a, b = keras.Input((None, None, 1), name="a"), keras.Input((None, None, 1), name="b")
     tower = keras.Sequential([L.Conv2D(4, 3), L.ReLU(), L.Conv2D(4, 3, strides=2)])
     model = keras.Model([a, b], L.Concatenate()([tower(a), tower(b)]))
     for name in ("a", "b"):
         rf = rfest.compute(model, (32, 32, 1), input=name)
         assert (rf.size, rf.stride, rf.padding) == ((5, 5), (2, 2), (0, 0))
+    assert not other_routes
