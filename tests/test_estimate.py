@@ -356,3 +356,53 @@ def test_a_small_input_is_still_probed_thin() -> None:
     rf = measure(provider)
     assert (rf.size, rf.stride, rf.padding) == ((5, 3), (1, 1), (2, 1))
     assert ((40, 16), 9) in provider.calls
+
+
+def test_the_ends_at_the_cap_place_the_next_probe() -> None:
+    # DenseNet121 at 224 (2071 / 32 / 1021): every unit is whole at 224 and at 896, so the
+    # two end units are probed at the cap (4096) to rule out a global field. They are not
+    # whole there: unit 0 ends at 2071 - 1021 - 1 = 1049, the last (unit 127) starts at
+    # 127 * 32 - 1021 = 3043, and the output gains 100 units over 3200 pixels (stride 32).
+    # The next probe is then just long enough for the first unit inside (unit 32, field
+    # 3..2073) with a stride to spare: 224 + 59 * 32 = 2112, not the four-fold 3808.
+    provider = FakeProvider([Axis(2071, 32, symmetric(1021)), Axis(3, 1)], (224, 40))
+    rf = measure(provider)
+    assert (rf.size, rf.stride, rf.padding) == ((2071, 3), (32, 1), (1021, 0))
+    probes = [(shape[0], count) for shape, count in provider.calls if shape[1] == 16]
+    assert probes[:5] == [(224, 7), (896, 9), (4096, 2), (2112, 9), (4096, 4)]
+
+
+_hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@st.composite
+def _large_fields(draw: Any) -> tuple[Axis, int, int]:
+    """One axis whose field is several times the input: 'same' or symmetric padding, holes
+    (dilation), a 'valid' stem that leaves a tail unreachable; a cap of any residue."""
+    n0 = draw(st.integers(16, 300))
+    stride = draw(st.sampled_from([1, 2, 4, 8, 16, 32]))
+    size = draw(st.integers(4 * n0, 12 * n0))
+    hole = draw(st.sampled_from([0, 0, 0, 1]))
+    size -= (size - 1) % (hole + 1)  # taps land on the first and the last pixel
+    if draw(st.booleans()):
+        pad = same_padding(size, stride)
+    else:
+        pad = symmetric(draw(st.integers(0, size - 1)))
+    stem = draw(st.sampled_from([1, 1, stride])) if 2 * stride <= n0 else 1
+    cap = draw(st.integers(3 * size + 4 * stride, 3 * size + 4 * stride + 2000))
+    return Axis(size, stride, pad, hole=hole, stem=stem), n0, cap
+
+
+@settings(max_examples=150, derandomize=True, deadline=None, database=None)
+@given(case=_large_fields())
+def test_fields_several_times_the_input_are_exact(case: tuple[Axis, int, int]) -> None:
+    """Wherever the ends at the cap place the next probe (right, or off by the padding of
+    another residue), the answer is the geometry's: size, stride and the left padding at
+    the size given."""
+    axis, n0, cap = case
+    if axis.out_len(n0) < 1:
+        return
+    rf = measure(FakeProvider([axis, Axis(3, 1)], (n0, 40)), max_input_size=cap)
+    assert (rf.size[0], rf.stride[0], rf.padding[0]) == (axis.size, axis.stride, axis.pad(n0)[0])

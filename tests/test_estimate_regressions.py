@@ -237,3 +237,19 @@ def test_dilated_taps_past_a_whole_intermediate_map_and_growth_that_lands_off_re
     rf = rfest.compute(nn.Sequential(*layers), (1, n))
     assert geometry(rf) == ((3135,), (32,), (1567,), True)
     assert (rf.probe_shape[0] - n) % 32 == 0
+
+
+def test_last_unit_seeing_only_padding_and_an_unreachable_tail_on_the_periodic_path() -> None:
+    """Found by the large-field property test (tests/test_estimate.py): a field of 345
+    pixels, stride 8, padding 344 on each side, behind a 'valid' stride-8 stem that never
+    reaches the last 29 % 8 = 5 pixels. At 29 pixels there are (29 + 688 - 345) // 8 + 1 =
+    47 units; the last one's field starts at 46 * 8 - 344 = 24, the first pixel the stem
+    cannot reach, so it sees only padding. The probes of the periodic search raised
+    NoDependenceError on it; they now leave it out as the estimator's own probes do."""
+    from fake_provider import Axis, FakeProvider, symmetric
+
+    rfest.register_backend("fake", lambda model, **options: model, replace=True)
+    axis = Axis(345, 8, symmetric(344), stem=8)
+    provider = FakeProvider([axis, Axis(3, 1)], (29, 40))
+    rf = rfest.compute(provider, backend="fake", max_input_size=1067)
+    assert (rf.size, rf.stride, rf.padding) == ((345, 3), (8, 1), (344, 0))

@@ -32,7 +32,7 @@ from rfest._errors import (
     RFEstError,
     SizeDependentGeometryError,
 )
-from rfest._global import jump_for_global
+from rfest._global import GlobalJump, jump_for_global
 from rfest._periodic import confirm_periodic, measure_periodic, summary, with_patterns
 from rfest._protocol import GradientProvider
 from rfest._result import PhasePattern, ReceptiveField
@@ -497,6 +497,7 @@ def _measure_axis(
     realigned = False  # went back from the cap to a size that keeps the user's residue
     placed = misplaced = False  # the run placed on the first unit predicted inside; in vain
     whole_at_base = False
+    placement: AxisGeometry | None = None  # where the ends at the cap put the field
     while True:
         probe = _probe(provider, output_name, base, base_out, axis, n, m, centre)
         whole_at_base = whole_at_base or (n == n0 and probe.whole and m > 1)
@@ -514,6 +515,10 @@ def _measure_axis(
             )
             if jump is not None and jump.is_global:
                 return AxisGeometry(None, None, None, True, jump.n)  # attention and the like
+            if jump is not None and jump.ends:
+                placement = _placed_by_ends(
+                    jump, probe, _output_len(provider, output_name, base, axis, jump.n)
+                )
             if jump is None:
                 if _far_output_len(provider, output_name, base, axis, n + max(_FAR, 4 * cap)) == m:
                     return AxisGeometry(None, None, None, True, n)  # global pooling and the like
@@ -565,6 +570,10 @@ def _measure_axis(
             )
         if grow_to is not None:
             n, inside = grow_to, None
+        elif stride is None and placement is not None:
+            assert placement.stride is not None
+            n, inside = _next_size(probe, n0, _Stride(placement.stride, True), cap, placement)
+            placement = None  # once: if the field is not there, growth goes on as before
         else:
             n, inside = _next_size(probe, n0, stride, cap, fit)
         try:
@@ -577,6 +586,29 @@ def _measure_axis(
             raise
         placed = inside is not None and not misplaced
         centre = min(inside, m - 1) if inside is not None and placed else m // 2
+
+
+def _placed_by_ends(jump: GlobalJump, probe: _Probe, m_at_jump: int) -> AxisGeometry | None:
+    """Where the end units probed at the cap (not whole there) put the field: unit 0's
+    support ends at ``size - padding - 1``, the last unit's starts at ``(m - 1) * stride -
+    padding``, and the stride is what the output gains per input pixel between the
+    current probe and the cap. Only where to probe next, instead of growing four-fold
+    while every unit is clipped (DenseNet121: 2112 pixels instead of 3808); the probe
+    there is fitted and checked like any other. None when the ends do not tell.
+
+    The size comes with a stride to spare: at a cap of another residue, 'same' padding
+    can move the ends by less than a stride."""
+    if len(jump.ends) != 2 or m_at_jump <= probe.m:
+        return None
+    first, last = jump.ends
+    if first.hi >= jump.n - 1 or last.lo <= 0:
+        return None
+    stride = round((jump.n - probe.n) / (m_at_jump - probe.m))
+    padding = (m_at_jump - 1) * stride - last.lo
+    size = first.hi + 1 + padding
+    if stride < 1 or size < 1:
+        return None
+    return AxisGeometry(size + stride, stride, padding, True, jump.n)
 
 
 def _refuse_moved_axes(
@@ -1044,9 +1076,20 @@ class _AxisProber:
         return _output_len(self.provider, self.output_name, self.base, self.axis, n)
 
     def probe(self, n: int, units: Sequence[int]) -> _Probe:
+        """Supports of ``units`` and of the end units, which may see only padding (as in
+        :func:`_probe`: they are left out and flagged, not an error)."""
         m = self.output_len(n)
         along = tuple(sorted({*units, 0, 1, m - 2, m - 1} & set(range(m))))
-        return _Probe(n, m, along, tuple(self.supports(n, along)))
+        spatial = _with(self.base, self.axis, n)
+        middle = tuple(size // 2 for size in self.base_out)
+        probed = [_with(middle, self.axis, i) for i in along]
+        maps = _gradient_maps(self.provider, self.output_name, spatial, probed)
+        supports = axis_supports(maps, self.axis)
+        live = [(i, sup) for i, sup in zip(along, supports, strict=True) if sup is not None]
+        if not live or any(sup is None for sup in supports[1:-1]):
+            _axis_supports(maps, self.output_name, spatial, probed, self.axis)  # raises
+        dead = (supports[0] is None, supports[-1] is None)
+        return _Probe(n, m, tuple(i for i, _ in live), tuple(sup for _, sup in live), (), dead)
 
     def supports(self, n: int, units: Sequence[int]) -> list[Interval]:
         middle = tuple(size // 2 for size in self.base_out)

@@ -24,10 +24,13 @@ __all__ = ["GlobalJump", "jump_for_global"]
 
 @dataclass(frozen=True)
 class GlobalJump:
-    """``is_global`` when the first and last units see the whole input at size ``n``."""
+    """``is_global`` when the first and last units see the whole input at size ``n``;
+    ``ends``, their supports there when they were probed (where the field reaches from
+    each border: the estimator places its next probe by them)."""
 
     n: int
     is_global: bool
+    ends: tuple[Interval, ...] = ()
 
 
 def jump_for_global(
@@ -53,22 +56,26 @@ def jump_for_global(
             return GlobalJump(n, is_global=False) if grows else None
         if output_len(cap) <= m:
             return None
-        return GlobalJump(cap, is_global=_ends_whole(cap, output_len, supports))
+        ends = _end_supports(cap, output_len, supports)
+        return GlobalJump(cap, is_global=_whole(cap, ends), ends=ends)
     except RFEstError:  # a size the model does not take: the step-by-step path decides
         return None
 
 
-def _ends_whole(
+def _end_supports(
     n: int,
     output_len: Callable[[int], int],
     supports: Callable[[int, Sequence[int]], Sequence[Interval]],
-) -> bool:
-    """The first and last units at input size ``n`` both see all of it (but a tail a strided
-    stem cannot reach, as for the estimator's probes)."""
+) -> tuple[Interval, ...]:
+    """Supports of the first and last units at input size ``n`` (fewer when one has no
+    gradient, none when the output has a single unit)."""
     units = output_len(n)
-    if units < 2:
-        return False
-    seen = supports(n, [0, units - 1])
+    return tuple(supports(n, [0, units - 1])) if units >= 2 else ()
+
+
+def _whole(n: int, seen: Sequence[Interval]) -> bool:
+    """Both end units see all of the input of size ``n`` (but a tail a strided stem cannot
+    reach, as for the estimator's probes)."""
     if len(seen) != 2:
         return False  # an end unit without gradient: not every unit sees everything
     near = min(s.lo for s in seen)
