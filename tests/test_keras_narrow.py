@@ -237,3 +237,17 @@ def test_a_shared_tower_over_two_inputs_without_a_copy(monkeypatch: pytest.Monke
         rf = rfest.compute(model, (32, 32, 1), input=name)
         assert (rf.size, rf.stride, rf.padding) == ((5, 5), (2, 2), (0, 0))
     assert not other_routes
+
+
+def test_a_nested_backbone_named_as_the_output(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``output=`` the nested model itself (a backbone under a classifier head): 3x3
+    stride 2, then 3x3: field 3 + 2 * 2 = 7, stride 2, no padding."""
+    other_routes = _other_routes(monkeypatch)
+    inner = keras.Input((None, None, 3))
+    y = L.Conv2D(4, 3, strides=2)(inner)
+    backbone = keras.Model(inner, L.Conv2D(4, 3)(y), name="backbone")
+    inputs = keras.Input((32, 32, 3))
+    scores = L.Dense(3)(L.GlobalAveragePooling2D()(backbone(inputs)))
+    rf = rfest.compute(keras.Model(inputs, scores), output="backbone")
+    assert (rf.size, rf.stride, rf.padding) == ((7, 7), (2, 2), (0, 0))
+    assert not other_routes

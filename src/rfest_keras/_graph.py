@@ -53,6 +53,7 @@ def run_graph(
     inputs: Any,
     constants: Sequence[tuple[Any, np.ndarray]] = (),
     calls: Callable[[Any], Callable[..., Any]] | None = None,
+    record: tuple[Any, list[Any]] | None = None,
 ) -> tuple[Any, Any]:
     """``model(inputs, training=False)`` and the elements of every layer output on the
     way but inputs passed through (a float64 tensor), calling each layer's ``call``
@@ -64,12 +65,25 @@ def run_graph(
     captures its handle, about as much tracing as the layer's own operations
     (NASNetMobile: 356 reads, a fifth of its trace). For small weights only (a narrowed
     copy's). ``calls(operation)``, when given, runs in place of each operation's ``call``
-    (:func:`rfest_keras._narrow.narrowed_call` on the user's own model)."""
+    (:func:`rfest_keras._narrow.narrowed_call` on the user's own model). ``record``
+    ``(operation, outputs)`` collects the output of each call of that operation (a layer
+    or a nested model)."""
     import tensorflow as tf
 
     sizes: list[Any] = []
 
     def runner(operation: Any) -> Callable[..., Any]:
+        run = direct(operation)
+        if record is None or operation is not record[0]:
+            return run
+
+        def recorded(*args: Any, **kwargs: Any) -> Any:
+            record[1].append(run(*args, **kwargs))
+            return record[1][-1]
+
+        return recorded
+
+    def direct(operation: Any) -> Callable[..., Any]:
         graph = graph_of(operation)
         if graph is not None:
             return lambda *args, **kwargs: walk(graph, args[0] if args else kwargs["inputs"])

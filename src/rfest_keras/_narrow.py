@@ -103,23 +103,16 @@ def run_narrowed(
 ) -> tuple[Any, Any]:
     """:func:`rfest_keras._graph.run_graph` of a :func:`narrowable` model, every operation
     replaced by its :func:`narrowed_call`, in ``dtype``; ``record`` ``(layer, outputs)``
-    collects the output of each call of that layer."""
+    collects the output of each call of that layer (or nested model)."""
 
     def calls(operation: Any) -> Call:
         call = narrowed_call(operation)
         if call is None:
             raise TypeError(f"{type(operation).__name__} has no one-channel counterpart")
-        if record is None or operation is not record[0]:
-            return call
-
-        def recorded(*args: Any, **kwargs: Any) -> Any:
-            record[1].append(call(*args, **kwargs))
-            return record[1][-1]
-
-        return recorded
+        return call
 
     with _computing_in(model, dtype):
-        return run_graph(model, inputs, calls=calls)
+        return run_graph(model, inputs, calls=calls, record=record)
 
 
 @contextlib.contextmanager
