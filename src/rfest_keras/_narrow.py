@@ -37,6 +37,7 @@ from rfest_keras._linearize import (
     mean_of,
     sum_of,
 )
+from rfest_keras._windows import uniform_window
 
 __all__ = ["narrowable", "narrowed_call", "run_narrowed"]
 
@@ -46,7 +47,7 @@ _CONVOLUTIONS = frozenset(f"Conv{d}D" for d in (1, 2, 3))
 _TRANSPOSED = frozenset(f"Conv{d}DTranspose" for d in (1, 2, 3))
 _SEPARABLE = frozenset(f"SeparableConv{d}D" for d in (1, 2))
 _DEPTHWISE = frozenset(f"DepthwiseConv{d}D" for d in (1, 2))
-_WINDOW_AVERAGES = frozenset(f"AveragePooling{d}D" for d in (1, 2, 3))
+_WINDOWS = frozenset(f"{kind}Pooling{d}D" for kind in ("Average", "Max") for d in (1, 2, 3))
 
 
 def narrowable(model: Any) -> bool:
@@ -79,12 +80,11 @@ def narrowed_call(operation: Any) -> Call | None:
         return _identity if kind == "LayerScale" else _own(operation)
     if not module.startswith("keras.src.layers.") or not _plain(operation):
         return None
-    swapped: Call | None = linear_call(operation)  # identities, max pooling
+    if kind in _WINDOWS:
+        return _window_mean(operation, kind)
+    swapped: Call | None = linear_call(operation)  # identities, global max pooling
     if swapped is not None:
         return swapped
-    if kind in _WINDOW_AVERAGES:
-        pool: Call = average_pool(operation, kind)  # float64 3-D pools in float32 there
-        return pool
     if kind in MERGES or kind in ("Add", "Average"):
         if kind == "Add":
             return summed(operation)
@@ -172,7 +172,9 @@ def _one_filter(layer: Any, kind: str) -> Call:
         "dilation_rate": getattr(layer, "dilation_rate", 1),
         "data_format": data_format,
     }
-    causal = {**geometry, "padding": "valid"}
+    strides = _per_axis(geometry["strides"], len(kernel))
+    dilation = _per_axis(geometry["dilation_rate"], len(kernel))
+    padding = str(geometry["padding"])
 
     def call(inputs: Any, *args: Any, **kwargs: Any) -> Any:
         dtype = inputs.dtype
@@ -180,6 +182,8 @@ def _one_filter(layer: Any, kind: str) -> Call:
             channels = int(inputs.shape[-1])
             return keras.ops.matmul(inputs, _constant((channels, 1), 1 / channels, dtype))
         channels = int(inputs.shape[-1 if data_format == "channels_last" else 1])
+        if kind in _DEPTHWISE and channels == int(layer.depth_multiplier) == 1:
+            return uniform_window(inputs, kernel, strides, dilation, padding, data_format, 1 / taps)
         if kind in _DEPTHWISE:
             depthwise = _constant((*kernel, channels, int(layer.depth_multiplier)), 1 / taps, dtype)
             return keras.ops.depthwise_conv(inputs, depthwise, **geometry)
@@ -191,16 +195,49 @@ def _one_filter(layer: Any, kind: str) -> Call:
             return keras.ops.conv_transpose(
                 inputs, one_filter, output_padding=layer.output_padding, **geometry
             )
-        one_filter = _constant((*kernel, channels, 1), weight, dtype)
-        if geometry["padding"] != "causal":
-            return keras.ops.conv(inputs, one_filter, **geometry)
-        left = int(layer.dilation_rate[0]) * (kernel[0] - 1)  # Conv1D: pad the past only
-        pads = (
-            [[0, 0], [left, 0], [0, 0]]
-            if data_format == "channels_last"
-            else [[0, 0], [0, 0], [left, 0]]
+        if padding == "causal":
+            left = dilation[0] * (kernel[0] - 1)  # Conv1D: pad the past only
+            pads = (
+                [[0, 0], [left, 0], [0, 0]]
+                if data_format == "channels_last"
+                else [[0, 0], [0, 0], [left, 0]]
+            )
+            inputs = keras.ops.pad(inputs, pads)
+        window_padding = "valid" if padding == "causal" else padding
+        return uniform_window(
+            inputs, kernel, strides, dilation, window_padding, data_format, weight
         )
-        return keras.ops.conv(keras.ops.pad(inputs, pads), one_filter, **causal)
+
+    return call
+
+
+def _per_axis(value: Any, rank: int) -> tuple[int, ...]:
+    values = tuple(value) if isinstance(value, (tuple, list)) else (value,) * rank
+    return tuple(int(v) for v in values) if values else (1,) * rank
+
+
+def _window_mean(layer: Any, kind: str) -> Call:
+    """A pooling window's mean (a maximum's linearization); on one channel, a window of
+    equal taps (:func:`rfest_keras._windows.uniform_window`): TensorFlow's float64 pooling
+    costs twice its convolution. Other channel counts pool (3-D in float32 there)."""
+    pooled: Call = average_pool(layer, kind.replace("Max", "Average"))
+    pool_size = tuple(int(k) for k in layer.pool_size)
+    strides = tuple(int(s) for s in layer.strides)
+    data_format = getattr(layer, "data_format", "channels_last")
+
+    def call(inputs: Any, *args: Any, **kwargs: Any) -> Any:
+        channels = int(inputs.shape[-1 if data_format == "channels_last" else 1])
+        if channels != 1 or len(pool_size) > 2:
+            return pooled(inputs)
+        return uniform_window(
+            inputs,
+            pool_size,
+            strides,
+            (1,) * len(pool_size),
+            layer.padding,
+            data_format,
+            1 / math.prod(pool_size),
+        )
 
     return call
 
