@@ -155,3 +155,28 @@ def test_nested_model_with_a_size_fixing_head() -> None:
     with pytest.raises(rfest.ModelCallError, match="fixing_dense"):
         rfest.compute(model, output="c2", linearize=False)
     assert_untouched(before, model)
+
+
+def test_a_channels_first_model_is_refused_with_the_way_out() -> None:
+    """Read as (batch, *spatial, channels), a channels-first model would lose a spatial
+    axis to its channels and come out with a plausible wrong field."""
+    inputs = keras.Input((3, 32, 32))
+    x = L.Conv2D(4, 3, data_format="channels_first", name="first")(inputs)
+    model = keras.Model(inputs, L.MaxPooling2D(2, data_format="channels_first")(x))
+    before = state(model)
+    with pytest.raises(rfest.InputShapeError, match=r"'first'.*channels-first.*channels_last"):
+        rfest.compute(model, backend="keras")
+    assert_untouched(before, model)
+
+
+def test_attention_between_reshapes_to_a_fixed_token_grid_is_global() -> None:
+    """Patches to a fixed grid of 16x16 tokens, attention, back to a map: every unit sees
+    every token, so the whole input, and the model takes no other size to probe at."""
+    inputs = keras.Input((64, 64, 3))
+    tokens = L.Reshape((256, 16))(L.Conv2D(16, 4, strides=4)(inputs))
+    attended = L.MultiHeadAttention(num_heads=2, key_dim=8)(tokens, tokens)
+    model = keras.Model(inputs, L.Conv2D(8, 1, name="out")(L.Reshape((16, 16, 16))(attended)))
+    before = state(model)
+    rf = rfest.compute(model, backend="keras", output="out")
+    assert rf.is_global
+    assert_untouched(before, model)

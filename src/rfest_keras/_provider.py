@@ -164,6 +164,7 @@ class KerasGradientProvider:
                 f"the keras backend takes a keras.Model or a build function f(input_shape) -> "
                 f"Model, not {type(model).__name__}"
             )
+        _refuse_channels_first(self._model)
         self._input_index = self._resolve_input(input)
         self._channels, self._spatial = self._resolve_input_shape(input_shape)
         self._layers_of = kit.resolve_outputs(
@@ -183,6 +184,7 @@ class KerasGradientProvider:
         self._live_refused: set[tuple[int, ...]] = set()
         self._live_result: Any = None
         self._shapes: dict[tuple[int, ...], dict[str, tuple[int, ...]]] = {}
+        self._refused_sizes: dict[tuple[int, ...], ModelCallError] = {}
         self._compiled: dict[str, Compiled | None] = {}
         self._copy_ran = False  # the copy has run at some size
 
@@ -200,6 +202,19 @@ class KerasGradientProvider:
 
     def output_shapes(self, spatial_shape: tuple[int, ...]) -> Mapping[str, tuple[int, ...]]:
         spatial_shape = tuple(int(s) for s in spatial_shape)
+        refused = self._refused_sizes.get(spatial_shape)
+        if refused is not None:
+            # once refused, always: another route's shapes (a copy's, or a batch of 0 that
+            # a reshape to a fixed size accepts) would send the estimator to a size the
+            # model then refuses to be probed at
+            raise refused
+        try:
+            return self._output_shapes(spatial_shape)
+        except ModelCallError as exc:
+            self._refused_sizes[spatial_shape] = exc
+            raise
+
+    def _output_shapes(self, spatial_shape: tuple[int, ...]) -> Mapping[str, tuple[int, ...]]:
         if spatial_shape not in self._shapes:
             shapes = self._program_shapes(spatial_shape)
             if shapes is not None:
@@ -818,6 +833,25 @@ def _refuse_keras_2(model: Any) -> None:
         f"keras.saving.load_model('model.h5') in a process without TF_USE_LEGACY_KERAS, or "
         f"pass a build function that builds it with `import keras` (Keras 3)"
     )
+
+
+def _refuse_channels_first(model: keras.Model) -> None:
+    """rfest reads a Keras model's input and outputs as ``(batch, *spatial, channels)``; a
+    channels-first model would pair its channels with a spatial axis and lose one."""
+    from rfest_keras._live import all_layers
+
+    for layer in all_layers(model):
+        if getattr(layer, "data_format", None) == "channels_first":
+            raise InputShapeError(
+                f"layer {layer.name!r} ({type(layer).__name__}) computes channels-first "
+                f"(data_format='channels_first'); rfest's keras backend reads a model's "
+                f"input and feature maps as (batch, *spatial, channels), as Keras does by "
+                f"default, and would take the channel axis for a spatial one. Build the "
+                f"model channels-last (keras.config.set_image_data_format('channels_last') "
+                f"before building it, or data_format='channels_last' per layer): with "
+                f"linearize=True (the default) the field does not depend on the weights, "
+                f"and convolution kernels load unchanged if you want them"
+            )
 
 
 def _has_inputs(model: keras.Sequential) -> bool:
