@@ -180,3 +180,26 @@ def test_attention_between_reshapes_to_a_fixed_token_grid_is_global() -> None:
     rf = rfest.compute(model, backend="keras", output="out")
     assert rf.is_global
     assert_untouched(before, model)
+
+
+@pytest.mark.parametrize(
+    "norm",
+    [
+        L.BatchNormalization,
+        L.LayerNormalization,
+        lambda: L.GroupNormalization(groups=4),
+        L.UnitNormalization,
+        lambda: L.LayerNormalization(axis=[1, 2, 3]),
+    ],
+    ids=["batch", "layer", "group", "unit", "layer-over-space"],
+)
+def test_normalization_between_convolutions_is_identity(norm: object) -> None:
+    """Two 3x3 convolutions around a normalization: 3 + 2 = 5, stride 1, no padding, on
+    every backend (on JAX Keras' group norm adds its mean back as a separate term)."""
+    inputs = keras.Input((16, 16, 3))
+    x = norm()(L.Conv2D(8, 3)(inputs))  # type: ignore[operator]
+    model = keras.Model(inputs, L.Conv2D(4, 3)(x))
+    before = state(model)
+    rf = rfest.compute(model, backend="keras")
+    assert geometry(rf) == ((5, 5), (1, 1), (0, 0))
+    assert_untouched(before, model)
