@@ -998,11 +998,12 @@ def _check_growth(
         return False
     if far == m0:
         raise SizeDependentGeometryError(
-            f"output {output_name!r} has {m0} units along axis {axis} at input size {n0} and "
-            f"{m1} at size {n0 + fit.stride}; a stride of {fit.stride} means one more unit. "
-            f"The output does not grow with the input (adaptive pooling, resizing to a fixed "
-            f"size?), so its units' fields depend on the input size. Measure an output "
-            f"before that layer"
+            f"output {output_name!r} has {m0} units along axis {axis} at input size {n0}, "
+            f"{m1} at size {n0 + fit.stride} and {far} at size {n0 + 16 * fit.stride}: it "
+            f"does not grow with the input (adaptive pooling, or a resize to a fixed size "
+            f"such as Resizing({m0}, ...)), so where its units look depends on the input "
+            f"size and no size, stride and padding describe it. Measure an output before "
+            f"that layer"
         )
     return False
 
