@@ -66,17 +66,32 @@ def _every_kind_3d() -> keras.Model:
     return keras.Model(inputs, L.AveragePooling3D(2)(x))
 
 
+def _concatenations() -> keras.Model:
+    """Concatenations whose branches see crossing fields (a 1x5 and a 5x1 window: neither
+    support holds the other), one of them with the input's three channels, and one along
+    a spatial axis."""
+    x = inputs = keras.Input((None, None, 3))
+    rows = L.Conv2D(2, (1, 5), padding="same")(x)
+    columns = L.Conv2D(3, (5, 1), padding="same")(x)
+    joined = L.Conv2D(4, 1)(L.Concatenate()([x, rows, columns]))
+    stacked = L.Concatenate(axis=1)([joined, L.Conv2D(4, 3, padding="same")(joined)])
+    return keras.Model(inputs, L.Concatenate()([stacked, L.Conv2D(1, 1)(stacked)]))
+
+
 @pytest.mark.parametrize(
     ("build", "shape"),
     [
         (_every_kind_2d, (1, 16, 16, 3)),
+        (_concatenations, (1, 9, 10, 3)),
         (_every_kind_1d, (1, 40, 2)),
         (_every_kind_3d, (1, 6, 8, 6, 1)),
     ],
 )
-def test_narrowed_graph_computes_what_the_one_channel_copy_computes(
+def test_narrowed_graph_has_the_supports_of_the_one_channel_copy(
     build: Any, shape: tuple[int, ...]
 ) -> None:
+    """Each output unit's input gradient has the support it has in the one-channel copy
+    (the walk sums where the copy concatenates, so values differ, supports must not)."""
     import tensorflow as tf
 
     model = build()
@@ -85,13 +100,34 @@ def test_narrowed_graph_computes_what_the_one_channel_copy_computes(
         model, [None] * (len(shape) - 2), 0, dtype="float64", linearize=True, narrow=True
     )
     assert copy.narrowed
+
+    def supports(run: Any, x: Any) -> tuple[list[np.ndarray], Any, Any]:
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(x)
+            y, elements = run(x)
+            spatial = y.shape[1:-1]
+            units = [
+                (0,) * len(spatial),
+                tuple(n // 2 for n in spatial),
+                tuple(n - 1 for n in spatial),
+            ]
+            picked = [tf.reduce_sum(y[(0, *unit)]) for unit in units]
+        maps = [tape.gradient(p, x).numpy() != 0 for p in picked]
+        return maps, y, elements
+
     for grown in (shape, (shape[0], *(2 * n for n in shape[1:-1]), shape[-1])):
         x = tf.constant(np.random.default_rng(0).random(grown))
-        want, want_elements = run_graph(copy.model, x, weight_values(copy.model))
-        got, elements = run_narrowed(model, x, "float64")
-        assert got.dtype == tf.float64
-        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-12)
-        # a 1x1 window on one channel passes its input through: nothing new to count
+        want, want_y, want_elements = supports(
+            lambda t: run_graph(copy.model, t, weight_values(copy.model)), x
+        )
+        got, got_y, elements = supports(lambda t: run_narrowed(model, t, "float64"), x)
+        assert got_y.dtype == tf.float64
+        assert got_y.shape[:-1] == want_y.shape[:-1]
+        for got_map, want_map in zip(got, want, strict=True):
+            assert want_map.any()
+            np.testing.assert_array_equal(got_map, want_map)
+        # fewer values than the copy's: 1x1 windows on one channel pass their input
+        # through, concatenations of one-channel maps sum to one channel
         assert 0 < float(elements) <= float(want_elements)
 
 

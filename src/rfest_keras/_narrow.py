@@ -93,6 +93,8 @@ def narrowed_call(operation: Any) -> Call | None:
         return _one_filter(operation, kind)
     if kind == "Reshape" and adds_unit_axes(operation.target_shape):
         return _unit_axes(tuple(operation.target_shape))
+    if kind == "Concatenate":
+        return _joined(operation)
     if kind in CHANNEL_BLIND:
         return _own(operation)
     return None
@@ -238,6 +240,29 @@ def _window_mean(layer: Any, kind: str) -> Call:
             data_format,
             1 / math.prod(pool_size),
         )
+
+    return call
+
+
+def _joined(layer: Any) -> Call:
+    """A concatenation along the channels as the sum of its inputs' channels: every layer
+    after it treats channels alike, so one channel has the support of all of them, and
+    DenseNet's, Inception's and NASNet's concatenations stop growing the maps the windows
+    after them sum again. Along another axis, the concatenation itself."""
+
+    def call(inputs: Any, *args: Any, **kwargs: Any) -> Any:
+        import tensorflow as tf
+
+        rank = len(inputs[0].shape)
+        if int(layer.axis) % rank != rank - 1:
+            return layer.call(inputs, *args, **kwargs)
+        parts = [
+            t if t.shape[-1] == 1 else tf.reduce_sum(t, axis=-1, keepdims=True) for t in inputs
+        ]
+        shapes = [t.shape for t in parts]
+        if all(shape.is_compatible_with(shapes[0]) for shape in shapes):
+            return tf.add_n(parts)  # its gradient passes through, without shape operations
+        return sum_of(parts)
 
     return call
 
