@@ -35,6 +35,7 @@ GROUPS = {
     "applications": tuple(f"test_keras_networks.py::{t}" for t in APPLICATION_TESTS),
     "models": ("test_keras_models.py", "test_keras_compat.py"),
     "backbones": ("test_keras_backbones.py",),
+    "users": ("test_keras_users.py",),
 }
 HERE = Path(__file__).parent
 

@@ -666,7 +666,10 @@ class KerasGradientProvider:
                 if isinstance(x, keras.KerasTensor):
                     values.append(keras.KerasTensor((batch, *shape), dtype=self._dtype))
                 else:
-                    values.append(keras.ops.ones((batch, *shape), dtype=self._dtype))
+                    # in the probe's dtype: JAX traces without x64 and would truncate
+                    # (and warn about) a float64 constant
+                    dtype = keras.backend.standardize_dtype(x.dtype)
+                    values.append(keras.ops.ones((batch, *shape), dtype=dtype))
             return values
 
         return feed
