@@ -332,9 +332,29 @@ def test_thin_probes_are_as_thin_as_the_model_takes() -> None:
     rf = measure(provider)
     assert (rf.size, rf.stride, rf.padding) == ((45, 45), (8, 8), (0, 0))
     batched = [shape for shape, count in provider.calls if count > 1]
-    # 16, 32 and 64 are rejected; 128 is the thinnest under half of 299 that runs (a
-    # probe and a check at a second size per axis)
-    assert sorted(min(shape) for shape in batched) == [128] * 4
+    # 16, 32 and 64 are rejected, 128 runs; between 64 and 128 the model takes 75 and up
+    # (a probe and a check at a second size per axis, all 75 thin)
+    assert sorted(min(shape) for shape in batched) == [75] * 4
+
+
+class TakesWholeBlocks(FakeProvider):
+    """A U-Net-like network: its skip connections meet only at multiples of 16, from 48."""
+
+    def output_shapes(self, spatial_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+        if any(n % 16 or n < 48 for n in spatial_shape):
+            raise rfest.ModelCallError(f"input {spatial_shape} does not split into blocks")
+        return super().output_shapes(spatial_shape)
+
+
+def test_thin_probes_of_a_model_taking_only_some_sizes_run_at_one_it_takes() -> None:
+    # 16 and 32 are refused, 64 runs; between them only 48 runs (40, 44, 46 and 47 are
+    # refused): every thin probe is 48 wide, and sizes along the axis stay whole blocks
+    provider = TakesWholeBlocks([Axis(21, 16, symmetric(2))] * 2, (256, 256))
+    rf = measure(provider)
+    assert (rf.size, rf.stride, rf.padding) == ((21, 21), (16, 16), (2, 2))
+    batched = [shape for shape, count in provider.calls if count > 1]
+    assert {min(shape) for shape in batched} == {48}
+    assert all(n % 16 == 0 for shape in batched for n in shape)
 
 
 def test_a_field_larger_than_the_input_skips_a_probe_size() -> None:

@@ -241,22 +241,40 @@ def _thin_shape(
 ) -> tuple[int, ...] | None:
     """``base`` cut in the other axes to the thinnest of 16, 32, 64... the model runs on.
 
-    Sizes past 16 are tried while they stay under half the user's size: a network that
-    needs 75 pixels ('valid' stems) is probed 128 wide instead of at full width.
+    Sizes past 16 are tried while they stay under half the user's size, then narrowed
+    down between the last size refused and the first taken: a network that needs 75
+    pixels ('valid' stems) is probed 75 wide, not 128 (InceptionV3's thin probes: 40%
+    fewer pixels) or at full width.
     """
     widest = max((n for a, n in enumerate(base) if a != axis), default=0)
     thinnest = _THIN_SIZE
     while True:
-        thin = tuple(n if a == axis else min(n, thinnest) for a, n in enumerate(base))
+        thin = _thinned(base, axis, thinnest)
         if thin == base or (thinnest > _THIN_SIZE and 2 * thinnest > widest):
             return None
-        try:
-            out = _output_shape(provider, thin, output_name)
-        except RFEstError:
-            out = ()
-        if len(out) == len(base) and all(m >= 1 for m in out):
-            return thin
+        if _runs_thin(provider, output_name, thin):
+            break
         thinnest *= 2
+    refused = thinnest // 2 if thinnest > _THIN_SIZE else thinnest
+    while thinnest - refused > 1:  # the predicate need not be monotone: any size it takes
+        middle = (refused + thinnest) // 2
+        if _runs_thin(provider, output_name, _thinned(base, axis, middle)):
+            thinnest = middle
+        else:
+            refused = middle
+    return _thinned(base, axis, thinnest)
+
+
+def _thinned(base: tuple[int, ...], axis: int, width: int) -> tuple[int, ...]:
+    return tuple(n if a == axis else min(n, width) for a, n in enumerate(base))
+
+
+def _runs_thin(provider: GradientProvider, output_name: str, thin: tuple[int, ...]) -> bool:
+    try:
+        out = _output_shape(provider, thin, output_name)
+    except RFEstError:
+        return False
+    return len(out) == len(thin) and all(m >= 1 for m in out)
 
 
 def _joint_probe_is_smaller(
