@@ -5,6 +5,8 @@ Every expected value is the geometry the fake provider was built from.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -318,17 +320,21 @@ def test_a_backend_can_decline_the_float32_scout(float32_scout: bool) -> None:
     assert made == (["float64", "float32"] if float32_scout else ["float64"])
 
 
-class NeedsSeventyFivePixels(FakeProvider):
-    """An InceptionV3-like network: 'valid' layers reject inputs under 75 pixels."""
+@dataclass
+class TakesSomeSizes(FakeProvider):
+    """A network that refuses input sizes along any axis where ``takes`` says no."""
+
+    takes: Callable[[int], bool] = lambda n: True
 
     def output_shapes(self, spatial_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
-        if min(spatial_shape) < 75:
-            raise rfest.ModelCallError(f"input {spatial_shape} is smaller than 75")
+        if not all(self.takes(n) for n in spatial_shape):
+            raise rfest.ModelCallError(f"the model refuses an input of size {spatial_shape}")
         return super().output_shapes(spatial_shape)
 
 
 def test_thin_probes_are_as_thin_as_the_model_takes() -> None:
-    provider = NeedsSeventyFivePixels([Axis(45, 8, symmetric(0))] * 2, (299, 299))
+    # InceptionV3-like: 'valid' layers reject inputs under 75 pixels
+    provider = TakesSomeSizes([Axis(45, 8, symmetric(0))] * 2, (299, 299), takes=lambda n: n >= 75)
     rf = measure(provider)
     assert (rf.size, rf.stride, rf.padding) == ((45, 45), (8, 8), (0, 0))
     batched = [shape for shape, count in provider.calls if count > 1]
@@ -337,19 +343,13 @@ def test_thin_probes_are_as_thin_as_the_model_takes() -> None:
     assert sorted(min(shape) for shape in batched) == [75] * 4
 
 
-class TakesWholeBlocks(FakeProvider):
-    """A U-Net-like network: its skip connections meet only at multiples of 16, from 48."""
-
-    def output_shapes(self, spatial_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
-        if any(n % 16 or n < 48 for n in spatial_shape):
-            raise rfest.ModelCallError(f"input {spatial_shape} does not split into blocks")
-        return super().output_shapes(spatial_shape)
-
-
 def test_thin_probes_of_a_model_taking_only_some_sizes_run_at_one_it_takes() -> None:
-    # 16 and 32 are refused, 64 runs; between them only 48 runs (40, 44, 46 and 47 are
-    # refused): every thin probe is 48 wide, and sizes along the axis stay whole blocks
-    provider = TakesWholeBlocks([Axis(21, 16, symmetric(2))] * 2, (256, 256))
+    # U-Net-like: skip connections meet only at multiples of 16, from 48. 16 and 32 are
+    # refused, 64 runs; between them only 48 runs (40, 44, 46 and 47 are refused): every
+    # thin probe is 48 wide, and sizes along the axis stay whole blocks
+    provider = TakesSomeSizes(
+        [Axis(21, 16, symmetric(2))] * 2, (256, 256), takes=lambda n: n % 16 == 0 and n >= 48
+    )
     rf = measure(provider)
     assert (rf.size, rf.stride, rf.padding) == ((21, 21), (16, 16), (2, 2))
     batched = [shape for shape, count in provider.calls if count > 1]
