@@ -8,9 +8,10 @@ pass and fresh variables per layer (DenseNet121: 0.4-1 s, about two of its own f
 backward passes). Here the user's graph is walked instead (:func:`rfest_keras._graph.run_graph`)
 and each built-in layer runs :func:`narrowed_call`: a function of the layer's geometry
 (kernel size, strides, padding, dilation, data format) that makes the copy's one-filter
-kernel ``1 / fan_in`` for the channels its input has. It reads no variable of the model,
-and the layers that run their own ``call`` (padding, cropping, concatenation...) hold no
-float weights. A model with any layer the table does not know is refused
+kernel ``1 / fan_in`` for the channels its input has, as a window of equal taps
+(:mod:`rfest_keras._windows`); a concatenation along the channels sums them. It reads no
+variable of the model, and the layers that run their own ``call`` (padding, cropping...)
+hold no float weights. A model with any layer the table does not know is refused
 (:func:`narrowable`) and measured through the copy.
 """
 

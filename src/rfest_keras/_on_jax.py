@@ -31,7 +31,7 @@ import numpy as np
 from rfest import ModelCallError, OutputNotFoundError, kit
 from rfest_jax._models import MODEL_KEY, MODEL_OUTPUT, Model
 from rfest_jax._provider import JaxGradientProvider
-from rfest_keras._linearize import constant_value
+from rfest_keras._linearize import constant_value, linear_call
 from rfest_keras._live import (
     Patches,
     _accept,
@@ -255,9 +255,8 @@ class KerasOnJax:
                         if _is_functional(layer):
                             patches.set(layer, "_assert_input_compatibility", _accept)
                         if layer is not owner:
-                            call = (
-                                _identity if linearizing and _shifts_by_mean(layer) else layer.call
-                            )
+                            swap = linearizing and _shifts_by_mean(layer)
+                            call = linear_call(layer) if swap else layer.call
                             recorded = _recording(layer, call, calls, running)
                             patches.set(layer, "call", recorded)
                     scope = keras.StatelessScope(state_mapping=list(zip(held, values, strict=True)))
@@ -286,14 +285,10 @@ def _shifts_by_mean(layer: Any) -> bool:
     """Keras' ``GroupNormalization`` centres as ``x * inv + (-mean * inv)``: an added
     statistic, which the jaxpr reading keeps (only ``x - mean`` is read as centring, an
     added mean may be a real global term), so the field would come out global. Linearized,
-    it is the identity it is on the other backends."""
+    it is the identity it is on the other backends (the copy's table, ``linear_call``)."""
     return type(layer).__name__ == "GroupNormalization" and type(layer).__module__.startswith(
         "keras."
     )
-
-
-def _identity(inputs: Any, *args: Any, **kwargs: Any) -> Any:
-    return inputs
 
 
 def _recording(
