@@ -8,6 +8,7 @@ that runs at the input size drawn; ``build(framework, net)`` returns
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 from typing import Any
 
 from hypothesis import assume
@@ -103,14 +104,16 @@ def _layer(draw: st.DrawFn, dims: int, framework: str) -> Layer:
 
 
 @st.composite
-def networks(draw: st.DrawFn, framework: str) -> Net:
-    """A network ``framework`` can build that runs at the input size drawn.
+def networks(draw: st.DrawFn, framework: str, dims: int | None = None) -> Net:
+    """A network ``framework`` can build that runs at the input size drawn (``dims``
+    spatial axes, or a number drawn).
 
     Sizes go down to 1: inputs smaller than the field, units that see only padding.
     """
     # Keras and JAX compile every probe size anew: smaller networks keep them quick.
     compiled = framework != "torch"
-    dims = draw(st.sampled_from((1, 2) if compiled else (1, 1, 2, 2, 3)))
+    if dims is None:
+        dims = draw(st.sampled_from((1, 2) if compiled else (1, 1, 2, 2, 3)))
     largest = {1: 40, 2: 24, 3: 10}[dims]
     spatial = tuple(draw(st.integers(1, largest)) for _ in range(dims))
     layers = tuple(
@@ -119,6 +122,35 @@ def networks(draw: st.DrawFn, framework: str) -> Net:
     net = Net(draw(st.integers(1, 3)), spatial, layers)
     assume(runs(net))
     return net
+
+
+@st.composite
+def mirrored_networks(draw: st.DrawFn, framework: str) -> Net:
+    """A 2-D network the same along both axes, at a square input: a 1-D network drawn,
+    every per-axis entry of every layer repeated for the second axis."""
+    net = draw(networks(framework, dims=1))
+    mirrored = Net(net.channels, net.spatial * 2, tuple(_mirror(layer) for layer in net.layers))
+    assume(runs(mirrored))
+    return mirrored
+
+
+def _mirror(layer: Layer) -> Layer:
+    if isinstance(layer, Conv):
+        padding = layer.padding if isinstance(layer.padding, str) else layer.padding * 2
+        return replace(
+            layer,
+            kernel=layer.kernel * 2,
+            stride=layer.stride * 2,
+            dilation=layer.dilation * 2,
+            padding=padding,
+        )
+    if isinstance(layer, Pool):
+        return replace(
+            layer, window=layer.window * 2, stride=layer.stride * 2, padding=layer.padding * 2
+        )
+    if isinstance(layer, Branches):
+        return replace(layer, branches=tuple(tuple(_mirror(x) for x in b) for b in layer.branches))
+    return layer
 
 
 def runs(net: Net) -> bool:
@@ -402,4 +434,13 @@ def describe(net: Net) -> str:
     return f"Net(channels={net.channels}, spatial={net.spatial}, layers={net.layers!r})"
 
 
-__all__ = ["FRAMEWORKS", "NotBuildable", "build", "check", "describe", "networks", "runs"]
+__all__ = [
+    "FRAMEWORKS",
+    "NotBuildable",
+    "build",
+    "check",
+    "describe",
+    "mirrored_networks",
+    "networks",
+    "runs",
+]

@@ -357,6 +357,51 @@ def test_thin_probes_of_a_model_taking_only_some_sizes_run_at_one_it_takes() -> 
     assert all(n % 16 == 0 for shape in batched for n in shape)
 
 
+def _declaring_axes_alike(provider: FakeProvider, asked: list[str]) -> FakeProvider:
+    def axes_alike(output_name: str) -> bool:
+        asked.append(output_name)
+        return True
+
+    provider.axes_alike = axes_alike  # type: ignore[attr-defined]
+    return provider
+
+
+@pytest.mark.parametrize("thin", [True, False])
+def test_axes_declared_alike_are_measured_once_along_the_last(thin: bool) -> None:
+    # 3-D, all three axes the same size and alike: only the last axis is probed beyond
+    # the user's size (thin probes, or full ones where thin probes are declined)
+    asked: list[str] = []
+    provider = _declaring_axes_alike(FakeProvider([Axis(9, 2, symmetric(4))] * 3, (40,) * 3), asked)
+    provider.thin_probes = thin  # type: ignore[attr-defined]
+    rf = measure(provider)
+    assert (rf.size, rf.stride, rf.padding) == ((9, 9, 9), (2, 2, 2), (4, 4, 4))
+    assert asked == ["out"]
+    shapes = [shape for shape, _ in provider.calls]
+    assert max(shape[2] for shape in shapes) > 40
+    assert all(shape[:2] in ((16, 16), (40, 40)) for shape in shapes)
+    alone = FakeProvider([Axis(9, 2, symmetric(4))] * 3, (40,) * 3)
+    alone.thin_probes = thin  # type: ignore[attr-defined]
+    assert measure(alone) == rf
+    assert len(provider.calls) < len(alone.calls) / 2
+
+
+def test_axes_declared_alike_but_of_other_sizes_are_each_measured() -> None:
+    # axes 0 and 2 share a size: axis 2 answers for both; axis 1 is measured itself. A
+    # 2-D input of two sizes does not even ask.
+    asked: list[str] = []
+    axes = [Axis(9, 2, symmetric(4)), Axis(5, 1, symmetric(2)), Axis(9, 2, symmetric(4))]
+    provider = _declaring_axes_alike(FakeProvider(axes, (40, 24, 40)), asked)
+    rf = measure(provider)
+    assert (rf.size, rf.stride, rf.padding) == ((9, 5, 9), (2, 1, 2), (4, 2, 4))
+    assert asked == ["out"]
+    assert all(shape[0] <= 40 for shape, _ in provider.calls)
+    assert max(shape[1] for shape, _ in provider.calls) > 24
+    asked.clear()
+    plain = _declaring_axes_alike(FakeProvider(axes[:2], (40, 24)), asked)
+    assert measure(plain).size == (9, 5)
+    assert asked == []
+
+
 def test_a_field_larger_than_the_input_skips_a_probe_size() -> None:
     # 1311 / 32 / 618 at 299, InceptionV3 mixed10: every support at 299 runs border to
     # border, so the next probe is near 4 x 299 = 1196, not 598, in steps that keep 299

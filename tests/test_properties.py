@@ -19,8 +19,17 @@ pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings
 
 import rfest
-from prop_networks import check, describe, networks
-from rf_calculator import BruteForceProvider, Net, check_recurrence, recurrence
+from prop_networks import NotBuildable, build, check, describe, mirrored_networks, networks
+from rf_calculator import (
+    Branches,
+    BruteForceProvider,
+    Conv,
+    Layer,
+    Net,
+    Pool,
+    check_recurrence,
+    recurrence,
+)
 from rfest._estimate import estimate
 
 _COMMON = {
@@ -74,6 +83,53 @@ def test_torch_networks_match_the_recurrences(net: Net) -> None:
 @_settings("keras")
 @given(net=networks("keras"))
 def test_keras_networks_match_the_recurrences(net: Net) -> None:
+    pytest.importorskip("keras")
+    check("keras", net)
+
+
+def _same_along_every_axis(layers: tuple[Layer, ...]) -> bool:
+    """Whether every layer has one kernel, stride, dilation and padding for all axes."""
+    for layer in layers:
+        if isinstance(layer, Branches):
+            if not all(_same_along_every_axis(branch) for branch in layer.branches):
+                return False
+            continue
+        if isinstance(layer, Conv):
+            per_axis = [layer.kernel, layer.stride, layer.dilation]
+            if not isinstance(layer.padding, str):
+                per_axis.append(layer.padding)
+        elif isinstance(layer, Pool):
+            per_axis = [layer.window, layer.stride, layer.padding]
+        else:
+            continue
+        if any(len(set(entries)) > 1 for entries in per_axis):
+            return False
+    return True
+
+
+@pytest.mark.keras
+@_settings("keras")
+@given(net=networks("keras", dims=2))
+def test_keras_proves_axes_alike_exactly_for_networks_the_same_along_both(net: Net) -> None:
+    # The claim halves the probes of a square input, so it must never be made wrongly;
+    # made whenever it holds, the saving reaches every such network (TensorFlow only).
+    keras = pytest.importorskip("keras")
+    from rfest_keras import KerasGradientProvider
+
+    try:
+        model, input_shape = build("keras", net)
+    except NotBuildable:
+        return
+    provider = KerasGradientProvider(model, input_shape=input_shape)
+    alike = _same_along_every_axis(net.layers) and keras.backend.backend() == "tensorflow"
+    assert provider.axes_alike(provider.output_names[0]) == alike, describe(net)
+
+
+@pytest.mark.keras
+@_settings("keras")
+@given(net=mirrored_networks("keras"))
+def test_keras_networks_alike_along_both_axes_match_the_recurrences(net: Net) -> None:
+    # Measured along the second axis only (the claim above), answered for both.
     pytest.importorskip("keras")
     check("keras", net)
 

@@ -50,6 +50,11 @@ class GradientProvider(Protocol):
     the backend proves that every unit's field at that input size meets no border or
     padding anywhere in the network (the same field at every size, shifted by the
     stride); the estimator then skips its check of a fit at a second, larger size.
+    Optional: ``axes_alike(output_name)`` (default False). True where the backend proves
+    that swapping two spatial axes of any input swaps them in every gradient map (every
+    layer the same along every axis: kernels, strides, dilations, paddings, crops); the
+    estimator then measures one of two axes of the same input size and gives the other
+    its answer.
     ``gradient_maps_many(spatial_shape, [(output_name, units), ...])``, one array per
     request as ``gradient_maps`` gives it, lets `rfest.report` serve many layers' requests
     in one pass (see ``rfest._batch``); ``execution_order()`` and ``inferred_input_shape``

@@ -41,6 +41,7 @@ from rfest import (
     kit,
 )
 from rfest.kit import MODEL_OUTPUT
+from rfest_keras._alike import axes_alike
 from rfest_keras._autodiff import Compiled, compiled, precision, supported, vjp
 from rfest_keras._graph import direct_runnable, run_graph, weight_values
 from rfest_keras._live import LiveModel, layer_calls, nth_call
@@ -116,6 +117,20 @@ class KerasGradientProvider:
         self._choose_route(len(self._spatial))
         return self._live is not None
 
+    def axes_alike(self, output_name: str) -> bool:
+        """Whether the output treats its spatial axes alike (:mod:`rfest_keras._alike`):
+        proved for a one-input graph on TensorFlow's narrowed route, whose every layer is
+        the same along every axis; the estimator then measures one of two equal axes."""
+        if self._alike is None:
+            self._choose_route(len(self._spatial))
+            self._alike = (
+                self._narrowed
+                and self._linearize
+                and len(self._model.inputs) == 1
+                and axes_alike(self._model)
+            )
+        return self._alike
+
     def __init__(
         self,
         model: Any,
@@ -179,6 +194,7 @@ class KerasGradientProvider:
         self._copies: dict[tuple[int, ...], Built] = {}
         self._live: LiveModel | None = None
         self._route_chosen = False
+        self._alike: bool | None = None
         self._narrowed = False  # the user's own graph, one channel per layer (TensorFlow)
         self._narrowed_failed = False
         self._live_refused: set[tuple[int, ...]] = set()

@@ -1,0 +1,153 @@
+"""Whether a narrowed model treats its spatial axes alike.
+
+Linearized (constant positive weights, see :mod:`rfest_keras._linearize`), a model whose
+every layer has the same kernel, stride, dilation, padding, cropping and resampling along
+every spatial axis commutes with any permutation of those axes: the gradient maps of a
+probe with two axes swapped are those of the swapped probe. The estimator then measures
+one of two axes of equal size and gives the other its answer
+(:meth:`rfest_keras.KerasGradientProvider.axes_alike`).
+
+The check is a whitelist over the layers :func:`rfest_keras._narrow.narrowable` accepts:
+a layer kind not named here, a per-axis parameter that differs between axes, a
+concatenation or flattening that mixes spatial axes, or an element-wise operation with a
+constant that is not a scalar (``x * mask``) makes the answer False.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import keras
+import numpy as np
+
+from rfest_keras._graph import graph_of
+from rfest_keras._linearize import APPLICATION_LAYERS, ELEMENTWISE_OPERATIONS, adds_unit_axes
+
+__all__ = ["axes_alike"]
+
+
+def axes_alike(model: Any) -> bool:
+    """Every operation of ``model``'s graph, at any depth, is the same along every spatial
+    axis (a model that is not a Keras graph: False)."""
+    graph = graph_of(model)
+    if graph is None:
+        return False
+    for nodes in graph._nodes_by_depth.values():
+        for node in nodes:
+            operation = node.operation
+            inner = graph_of(operation)
+            if inner is not None:
+                if not axes_alike(inner):
+                    return False
+            elif not _operation_alike(operation, node):
+                return False
+    return True
+
+
+def _operation_alike(operation: Any, node: Any) -> bool:
+    kind, module = type(operation).__name__, type(operation).__module__
+    if module.startswith("keras.src.ops."):
+        constants = [
+            a
+            for a in keras.tree.flatten((node.arguments.args, node.arguments.kwargs))
+            if not isinstance(a, keras.KerasTensor)
+        ]
+        return kind in ELEMENTWISE_OPERATIONS and all(_scalar(c) for c in constants)
+    if module.startswith("keras.src.applications."):
+        return kind in APPLICATION_LAYERS
+    if not module.startswith("keras.src.layers."):
+        return False
+    if kind in _ALIKE:
+        return True
+    rule = _RULES.get(re.sub("[123]D", "", kind, count=1))  # Conv2DTranspose: ConvTranspose
+    return rule is not None and rule(operation, node)
+
+
+def _scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str)) or np.size(value) == 1
+
+
+def _same(*values: Any) -> bool:
+    """Every per-axis entry of each value is the same (a scalar is the same everywhere)."""
+    for value in values:
+        if value is None or isinstance(value, (int, float, str)):
+            continue
+        entries = [tuple(v) if isinstance(v, (list, tuple)) else v for v in value]
+        if len(set(entries)) > 1:
+            return False
+    return True
+
+
+def _per_axis_pairs(value: Any) -> tuple[Any, ...]:
+    """``(before, after)`` per axis; a 1-D layer's ``(before, after)`` is one axis' pair."""
+    return tuple(value) if isinstance(value[0], (list, tuple)) else (tuple(value),)
+
+
+def _window(layer: Any, node: Any) -> bool:
+    sizes = getattr(layer, "kernel_size", None) or getattr(layer, "pool_size", None)
+    return _same(
+        sizes,
+        getattr(layer, "strides", None),
+        getattr(layer, "dilation_rate", None),
+        getattr(layer, "output_padding", None),
+    )
+
+
+def _channel_concatenation(layer: Any, node: Any) -> bool:
+    rank = len(node.input_tensors[0].shape)
+    return all(len(t.shape) == rank for t in node.input_tensors) and int(layer.axis) % rank == (
+        rank - 1
+    )
+
+
+def _square(layer: Any, node: Any) -> bool:
+    return int(layer.height) == int(layer.width)
+
+
+def _per_channel_rescaling(layer: Any, node: Any) -> bool:
+    return all(np.ndim(v) <= 1 for v in (layer.scale, layer.offset))
+
+
+_ALIKE = frozenset(
+    {
+        "InputLayer",
+        "Identity",
+        "Add",
+        "Subtract",
+        "Multiply",
+        "Average",
+        "Maximum",
+        "Minimum",
+        "Dense",  # on the channel axis: channels-first models are refused before this
+        *("Activation", "ReLU", "LeakyReLU", "PReLU", "ELU", "ThresholdedReLU", "Softmax"),
+        *("BatchNormalization", "LayerNormalization", "GroupNormalization"),
+        *("UnitNormalization", "RMSNormalization", "Normalization"),
+        *("Dropout", "GaussianNoise", "GaussianDropout", "AlphaDropout"),
+        "ActivityRegularization",
+        *(f"SpatialDropout{d}D" for d in (1, 2, 3)),
+        *("RandomFlip", "RandomRotation", "RandomZoom", "RandomTranslation"),
+        *("RandomContrast", "RandomBrightness"),
+        *(f"Global{kind}Pooling{d}D" for kind in ("Average", "Max") for d in (1, 2, 3)),
+    }
+)
+"""Layers without per-axis parameters (element-wise, per channel, identity at inference
+or global)."""
+
+_RULES: dict[str, Callable[[Any, Any], bool]] = {
+    **dict.fromkeys(
+        ("Conv", "ConvTranspose", "SeparableConv", "DepthwiseConv", "MaxPooling", "AveragePooling"),
+        _window,
+    ),
+    "ZeroPadding": lambda layer, node: _same(_per_axis_pairs(layer.padding)),
+    "Cropping": lambda layer, node: _same(_per_axis_pairs(layer.cropping)),
+    "UpSampling": lambda layer, node: _same(layer.size),
+    "Resizing": _square,
+    "CenterCrop": _square,
+    "RandomCrop": _square,
+    "Rescaling": _per_channel_rescaling,
+    "Reshape": lambda layer, node: adds_unit_axes(layer.target_shape),
+    "Concatenate": _channel_concatenation,
+}
+"""Layers with per-axis parameters, by kind without its ``1D``/``2D``/``3D``."""
