@@ -117,20 +117,6 @@ class KerasGradientProvider:
         self._choose_route(len(self._spatial))
         return self._live is not None
 
-    def axes_alike(self, output_name: str) -> bool:
-        """Whether the output treats its spatial axes alike (:mod:`rfest_keras._alike`):
-        proved for a one-input graph on TensorFlow's narrowed route, whose every layer is
-        the same along every axis; the estimator then measures one of two equal axes."""
-        if self._alike is None:
-            self._choose_route(len(self._spatial))
-            self._alike = (
-                self._narrowed
-                and self._linearize
-                and len(self._model.inputs) == 1
-                and axes_alike(self._model)
-            )
-        return self._alike
-
     def __init__(
         self,
         model: Any,
@@ -203,6 +189,20 @@ class KerasGradientProvider:
         self._refused_sizes: dict[tuple[int, ...], ModelCallError] = {}
         self._compiled: dict[str, Compiled | None] = {}
         self._copy_ran = False  # the copy has run at some size
+
+    def axes_alike(self, output_name: str) -> bool:
+        """Whether the output treats its spatial axes alike (:mod:`rfest_keras._alike`):
+        proved for a one-input graph on TensorFlow's narrowed route, whose every layer is
+        the same along every axis; the estimator then measures one of two equal axes."""
+        if self._alike is None:
+            self._choose_route(len(self._spatial))
+            self._alike = (
+                self._narrowed
+                and self._linearize
+                and len(self._model.inputs) == 1
+                and axes_alike(self._model)
+            )
+        return self._alike
 
     @property
     def spatial_shape(self) -> tuple[int | None, ...]:
