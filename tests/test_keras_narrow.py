@@ -349,3 +349,42 @@ def test_a_pooling_window_on_one_channel_has_the_support_of_the_pool(
             maps.append(tape.gradient(unit, x).numpy() != 0)
         np.testing.assert_array_equal(maps[0], maps[1])
         assert maps[0].sum() == 3**rank
+
+
+def _applied(name: str) -> keras.Model:
+    return getattr(keras.applications, name)(weights=None, include_top=False)
+
+
+@pytest.mark.parametrize(
+    ("build", "shape"),
+    [
+        (_every_kind_2d, (1, 24, 16, 3)),
+        (_concatenations, (1, 9, 10, 3)),
+        (_every_kind_1d, (1, 41, 2)),
+        (_every_kind_3d, (1, 6, 8, 7, 1)),
+        (lambda: _applied("MobileNetV3Small"), (1, 97, 64, 3)),
+        (lambda: _applied("DenseNet121"), (1, 64, 71, 3)),
+    ],
+)
+@pytest.mark.parametrize("narrowed", [True, False], ids=["narrowed", "direct"])
+def test_layer_outputs_are_counted_as_one_size_each_would(
+    build: Any, shape: tuple[int, ...], narrowed: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The memory budget's count shares one Size among the outputs that keep an input's
+    # spatial size; it must equal the plain sum of every output's size (the walk run
+    # eagerly at sizes none of the layers keeps alike along every axis).
+    import rfest_keras._graph as graph_module
+
+    model = build()
+    x = np.ones(shape)
+
+    def count() -> float:
+        if narrowed:
+            _, elements = run_narrowed(model, x, "float64")
+        else:
+            _, elements = run_graph(model, keras.ops.convert_to_tensor(x, "float32"))
+        return float(elements)
+
+    shared = count()
+    monkeypatch.setattr(graph_module, "same_spatial_input", lambda *args: None)
+    assert shared == pytest.approx(count(), rel=1e-12)

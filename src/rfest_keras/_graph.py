@@ -22,6 +22,7 @@ import keras
 import numpy as np
 
 from rfest_keras._autodiff import to_numpy
+from rfest_keras._tally import Tally, same_spatial_input
 
 __all__ = ["direct_runnable", "graph_of", "run_graph", "summed", "weight_values"]
 
@@ -68,9 +69,8 @@ def run_graph(
     (:func:`rfest_keras._narrow.narrowed_call` on the user's own model). ``record``
     ``(operation, outputs)`` collects the output of each call of that operation (a layer
     or a nested model)."""
-    import tensorflow as tf
 
-    sizes: list[Any] = []
+    tally = Tally()
 
     def runner(operation: Any) -> Callable[..., Any]:
         run = direct(operation)
@@ -99,13 +99,12 @@ def run_graph(
                 kwargs["training"] = False
             result = call(*args, **kwargs)
             # an input passed through (a linearized activation or normalization) keeps
-            # no new values; ``tf.size`` itself: ``keras.ops.size`` converts first
+            # no new values
             passed = {id(t) for t in keras.tree.flatten((args, kwargs))}
-            sizes.extend(
-                tf.size(t, out_type=tf.int64)
-                for t in keras.tree.flatten(result)
-                if getattr(t, "shape", None) is not None and id(t) not in passed
-            )
+            like = same_spatial_input(operation, args, kwargs)
+            for t in keras.tree.flatten(result):
+                if getattr(t, "shape", None) is not None and id(t) not in passed:
+                    tally.count(t, like)
             return result
 
         return layer_call
@@ -121,8 +120,7 @@ def run_graph(
             result = walk(graph, inputs)
     else:
         result = walk(graph, inputs)
-    elements = tf.cast(tf.add_n(sizes), tf.float64) if sizes else tf.zeros((), tf.float64)
-    return result, elements
+    return result, tally.total()
 
 
 def weight_values(model: keras.Model) -> list[tuple[Any, np.ndarray]]:

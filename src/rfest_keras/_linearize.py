@@ -32,6 +32,7 @@ __all__ = [
     "APPLICATION_LAYERS",
     "CHANNEL_BLIND",
     "ELEMENTWISE_OPERATIONS",
+    "IDENTITY_LAYERS",
     "MERGES",
     "adds_unit_axes",
     "average_pool",
@@ -73,6 +74,8 @@ _IDENTITY = frozenset(
         "ActivityRegularization",
     ]
 )
+IDENTITY_LAYERS = _IDENTITY
+"""Layers that are the identity once linearized (activations, normalization, dropout)."""
 _AS_AVERAGE = {
     f"{kind}MaxPooling{d}D": f"{kind}AveragePooling{d}D"
     for kind in ("", "Global", "Adaptive")
