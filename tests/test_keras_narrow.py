@@ -371,19 +371,23 @@ def test_layer_outputs_are_counted_as_one_size_each_would(
     build: Any, shape: tuple[int, ...], narrowed: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The memory budget's count shares one Size among the outputs that keep an input's
-    # spatial size; it must equal the plain sum of every output's size (the walk run
-    # eagerly at sizes none of the layers keeps alike along every axis).
+    # spatial size (in a trace with free sizes, as the probe program is); it must equal
+    # the plain sum of every output's size, at sizes no layer keeps alike on every axis.
+    import tensorflow as tf
+
     import rfest_keras._graph as graph_module
 
     model = build()
-    x = np.ones(shape)
+    free = tf.TensorSpec([None] * (len(shape) - 1) + [shape[-1]], "float64")
 
     def count() -> float:
-        if narrowed:
-            _, elements = run_narrowed(model, x, "float64")
-        else:
-            _, elements = run_graph(model, keras.ops.convert_to_tensor(x, "float32"))
-        return float(elements)
+        @tf.function(input_signature=[free], autograph=False)
+        def traced(x: Any) -> Any:
+            if narrowed:
+                return run_narrowed(model, x, "float64")[1]
+            return run_graph(model, tf.cast(x, "float32"))[1]
+
+        return float(traced(tf.ones(shape, "float64")))
 
     shared = count()
     monkeypatch.setattr(graph_module, "same_spatial_input", lambda *args: None)

@@ -56,14 +56,27 @@ def same_spatial_input(layer: Any, args: Sequence[Any], kwargs: dict[str, Any]) 
 
 class Tally:
     """``count(output, like)``: add a layer output's elements, ``like`` an input it has the
-    spatial size of (or None); ``total()``: every count so far, as one float64 tensor."""
+    spatial size of (or None); ``total()``: every count so far, as one float64 tensor.
+
+    Sizes are shared only inside a trace, where the graph keeps every tensor alive
+    anyway; run eagerly, each output is counted on its own and none is held, so a pass
+    frees its activations as it goes."""
 
     def __init__(self) -> None:
+        import tensorflow as tf
+
+        self._tracing = not tf.executing_eagerly()
         self._sizes: list[Any] = []  # one Size per tensor that is a base
         self._weights: list[float] = []
         self._base_of: dict[int, tuple[int, float, Any]] = {}  # id -> (base, factor, tensor)
 
     def count(self, output: Any, like: Any = None) -> None:
+        if not self._tracing:
+            import tensorflow as tf
+
+            self._sizes.append(tf.size(output, out_type=tf.int64))
+            self._weights.append(1.0)
+            return
         if (
             like is not None
             and _channels(output)
