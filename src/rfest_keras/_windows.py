@@ -24,7 +24,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import keras
 import numpy as np
 
 __all__ = ["uniform_window"]
@@ -40,29 +39,38 @@ def uniform_window(
     weight: float,
 ) -> Any:
     """``keras.ops.conv(inputs, full((*kernel, channels, 1), weight), ...)``, its channels
-    summed first, a 1x1 window as a scale and a strided slice.
+    summed first, a 1x1 window as a scale and a strided slice, in TensorFlow's own
+    operations (the narrowed walk runs on TensorFlow only; ``keras.ops.conv`` makes a
+    ``tf.function`` at every call, which doubles what a convolution costs to trace).
 
     ``padding`` is ``'valid'`` or ``'same'``; ``strides`` and ``dilation`` have one entry
     per spatial axis."""
+    import tensorflow as tf
+
     channels_last = data_format == "channels_last"
     channel_axis = -1 if channels_last else 1
     if int(inputs.shape[channel_axis]) > 1:
-        inputs = keras.ops.sum(inputs, axis=channel_axis, keepdims=True)
+        inputs = tf.reduce_sum(inputs, axis=channel_axis, keepdims=True)
     if any(k > 1 for k in kernel):
-        taps = keras.ops.convert_to_tensor(np.full((*kernel, 1, 1), weight), dtype=inputs.dtype)
-        return keras.ops.conv(
+        taps = tf.constant(np.full((*kernel, 1, 1), weight), dtype=inputs.dtype)
+        return tf.nn.convolution(
             inputs,
             taps,
             strides=tuple(strides),
-            padding=padding,
-            data_format=data_format,
-            dilation_rate=tuple(dilation),
+            padding=padding.upper(),
+            data_format=_FORMATS[channels_last][len(kernel)],
+            dilations=tuple(dilation),
         )
     if weight != 1:
-        scale = keras.ops.convert_to_tensor(np.asarray(weight), dtype=inputs.dtype)
-        inputs = keras.ops.multiply(inputs, scale)  # cast(weight) rounds through float32
+        inputs = tf.multiply(inputs, tf.constant(weight, inputs.dtype))
     if all(s == 1 for s in strides):
         return inputs
     steps = tuple(slice(None, None, s) for s in strides)
     every = slice(None)
     return inputs[(every, *steps, every) if channels_last else (every, every, *steps)]
+
+
+_FORMATS = {
+    True: {1: "NWC", 2: "NHWC", 3: "NDHWC"},
+    False: {1: "NCW", 2: "NCHW", 3: "NCDHW"},
+}
