@@ -70,6 +70,19 @@ def keras_applications(session: nox.Session) -> None:
 
 
 @nox.session
+def keras_applications_backends(session: nox.Session) -> None:
+    """The keras.applications checks on Keras' JAX and PyTorch backends (a step of
+    .ci/run): the representative subset; RFEST_KERAS_APPLICATIONS=all sweeps all 40."""
+    _install(session, "-e", ".[all]", "--group", "test")
+    for backend in ("jax", "torch"):
+        session.run(
+            "python", "-m", "pytest", "-p", "no:cacheprovider",
+            "tests/test_keras_applications.py", *session.posargs,
+            env={"KERAS_BACKEND": backend},
+        )  # fmt: skip
+
+
+@nox.session
 def tests_jax(session: nox.Session) -> None:
     """The JAX / Flax backend and the cross-framework parity suite (which needs torch)."""
     _install(session, "-e", ".[torch,jax]", "--group", "test")

@@ -163,6 +163,49 @@ def test_activations_pooling_and_softmax_written_as_functions() -> None:
     assert geometry(rfest.compute(net, (31, 31, 1), backend="jax")) == ((9, 9), (2, 2), (4, 4))
 
 
+@pytest.mark.parametrize(
+    ("axis", "expected"),
+    [
+        ((1, 2), None),  # every output divides by a sum over the whole map: global
+        (1, ((None, 5), (None, 1), (None, 1))),  # global along the rows only
+        (-1, ((5, 5), (1, 1), (1, 1))),  # over the channels: pointwise
+    ],
+)
+def test_softmax_over_spatial_axes_reaches_every_input_along_them(
+    axis: object, expected: object
+) -> None:
+    # a: k3 p1: r3 first-1; softmax; b: k3 valid: r5 first-1. A softmax divides by a sum
+    # of every input along its axes: the quotient depends on all of them (the numerator
+    # alone would give 5/1/1 on every axis).
+    ka, kb = random_kernel(3, 3, 3, 3, 4), random_kernel(4, 3, 3, 4, 2)
+
+    def net(x: jax.Array) -> jax.Array:
+        x = jax.nn.softmax(conv(x, ka, padding=((1, 1), (1, 1))), axis=axis)
+        return conv(x, kb)
+
+    rf = rfest.compute(net, (32, 32, 3), backend="jax")
+    if expected is None:
+        assert rf.is_global
+    else:
+        assert geometry(rf) == expected
+
+
+def test_division_by_a_live_sum_but_not_by_a_norm_scale() -> None:
+    # x / sum(|x|) over the columns: global along them; x / (1 + |x|) and a layer
+    # norm's x * rsqrt(var) over the channels: pointwise. k3 p1 then k3 valid: 5 / 1 / 1.
+    ka, kb = random_kernel(5, 3, 3, 1, 4), random_kernel(6, 3, 3, 4, 4)
+
+    def net(x: jax.Array) -> jax.Array:
+        x = conv(x, ka, padding=((1, 1), (1, 1)))
+        x = x / (1 + jnp.abs(x))
+        x = (x - x.mean(-1, keepdims=True)) * jax.lax.rsqrt(x.var(-1, keepdims=True) + 1e-5)
+        x = x / jnp.abs(x).sum(axis=2, keepdims=True)
+        return conv(x, kb)
+
+    rf = rfest.compute(net, (24, 24, 1), backend="jax")
+    assert geometry(rf) == ((5, None), (1, None), (1, None))
+
+
 class Normalised(nn.Module):
     norm: str
 

@@ -376,3 +376,60 @@ def test_model_output_is_a_keras_ops_operation() -> None:
     rf = rfest.compute(model, backend="keras", output="last_conv")
     assert geometry(rf) == ((9, 9), (2, 2), (0, 0))
     assert_untouched(before, model)
+
+
+def _softmax_network(softmax: Any) -> keras.Model:
+    inputs = keras.Input((32, 32, 3))
+    x = L.Conv2D(4, 3, padding="same", name="a")(inputs)
+    return keras.Model(inputs, L.Conv2D(4, 3, name="out")(softmax(x)))
+
+
+@pytest.mark.parametrize(
+    ("softmax", "expected"),
+    [
+        # a k3 'same' (pad 1): [k-1, k+1]; out k3 valid: [k-1, k+3], 5 / 1 / 1, except
+        # along the axes a softmax divides by a sum over: every input there (QA round 7)
+        (lambda: L.Softmax(axis=(1, 2)), None),
+        (lambda: L.Softmax(axis=[1]), ((None, 5), (None, 1), (None, 1))),
+        (lambda: L.Softmax(axis=2), ((5, None), (1, None), (1, None))),
+        (lambda: L.Softmax(), ((5, 5), (1, 1), (1, 1))),  # over the channels
+        (lambda: L.Activation("softmax"), ((5, 5), (1, 1), (1, 1))),
+        (
+            lambda: L.Lambda(
+                lambda t: (
+                    keras.ops.exp(t) / keras.ops.sum(keras.ops.exp(t), axis=(1, 2), keepdims=True)
+                )
+            ),
+            None,
+        ),
+    ],
+    ids=["softmax-image", "softmax-rows", "softmax-columns", "softmax", "activation", "lambda"],
+)
+def test_a_softmax_over_the_image_reaches_every_pixel_along_its_axes(
+    softmax: Any, expected: Any
+) -> None:
+    model = _softmax_network(softmax())
+    before = state(model)
+    rf = rfest.compute(model, backend="keras")
+    if expected is None:
+        assert rf.is_global
+    else:
+        assert geometry(rf) == expected
+    assert_untouched(before, model)
+
+
+def test_random_crop_measured_as_keras_runs_it_at_inference() -> None:
+    """RandomCrop(56, 56) then conv k3 valid. Keras 3.15 passes the input through at
+    inference (its declared output shape still says 56): 3 / 1 / 0; Keras 3.3 resized to
+    56 x 56 there, a size that does not follow the input's. Which one this Keras does is
+    read from the model run at inference, not from rfest."""
+    inputs = keras.Input((64, 64, 3))
+    model = keras.Model(inputs, L.Conv2D(8, 3, name="c1")(L.RandomCrop(56, 56)(inputs)))
+    ran = tuple(model(np.ones((1, 64, 64, 3), "float32"), training=False).shape)
+    before = state(model)
+    if ran[1:3] == (62, 62):
+        assert geometry(rfest.compute(model, backend="keras")) == ((3, 3), (1, 1), (0, 0))
+    else:
+        with pytest.raises(rfest.SizeDependentGeometryError):
+            rfest.compute(model, backend="keras")
+    assert_untouched(before, model)

@@ -64,8 +64,11 @@ def test_output_spatial_shapes_and_token_outputs() -> None:
     assert kit.output_spatial_shape("a", (1, 4, 5, 6), 2, "channels_first") == (5, 6)
     assert kit.output_spatial_shape("a", (1, 5, 6, 4), 2, "channels_last") == (5, 6)
     assert kit.output_spatial_shape("a", (1, 10), 2, "channels_last") == ()
-    with pytest.raises(rfest.OutputShapeError, match=r"\(1, 65, 32\)"):
+    with pytest.raises(rfest.OutputShapeError, match=r"\(1, 65, 32\).*before a flatten"):
         kit.output_spatial_shape("tokens", (1, 65, 32), 2, "channels_last")
+    # an (H, W) input reshaped into an image inside the model: say what to measure instead
+    with pytest.raises(rfest.OutputShapeError, match=r"more axes than its input.*\(H, W, 1\)"):
+        kit.output_spatial_shape("c1", (1, 26, 26, 8), 1, "channels_last")
 
 
 def test_model_errors_chain_and_let_rfest_errors_pass() -> None:

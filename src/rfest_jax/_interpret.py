@@ -16,8 +16,9 @@ no live operand run unchanged. With ``linearize=True``, on live operands:
 - ``reduce_max``/``reduce_min`` act as the mean, ``reduce_window_max``/``_min`` as the
   windowed mean of the same geometry, ``cummax``-style scans as ``cumsum``;
 - normalisation acts as identity: subtracting a statistic (centering) is dropped and
-  ``rsqrt``/``sqrt`` of a statistic becomes the constant one; dividing by a live value
-  keeps the numerator;
+  ``rsqrt``/``sqrt`` of a statistic becomes the constant one; a division by a live
+  value (a softmax's sum) acts as the mean of numerator and denominator, the
+  denominator counted only where the numerator is not zero (masked attention);
 - an input-independent kernel of ``conv_general_dilated`` or operand of ``dot_general``
   derived from model data becomes the positive constant ``1 / fan_in`` (weights may be zero
   or negative); a structural one becomes its absolute value, keeping its zeros (they are
@@ -476,7 +477,19 @@ def _mul(rules: _Rules, eqn: Any, invals: list[Value]) -> Value:
 
 
 def _div(rules: _Rules, eqn: Any, invals: list[Value]) -> Value:
-    return _live(invals)[0]
+    """A live numerator over a constant: the numerator (the scale of a normalisation,
+    ``rsqrt`` of a statistic, is a constant by then). A live denominator (a softmax's sum,
+    ``x / sum(|x|)``) carries the inputs it depends on, but only where the numerator is
+    not zero: ``d(a / b) / db = -a / b**2``, and an attention mask's entries are exact
+    zeros over the row's sum. Linearized values are positive wherever they are not
+    such a zero."""
+    a, b = invals
+    if not b.live:
+        return a
+    if not a.live:
+        return b
+    reach = jnp.where(lax.stop_gradient(a.array) != 0, b.array, 0)
+    return Value((a.array + reach) / 2, True, a.stat and b.stat)
 
 
 MASK_FILL = -50.0

@@ -14,7 +14,7 @@ never written: params enter as arguments, and linearized params are new arrays.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -240,11 +240,9 @@ class JaxGradientProvider:
                 closed = jax.make_jaxpr(maps)(params, x, cotangents)
                 program = numpy_program(closed)
             if program is None:
-                # No compiler_options here: xla_backend_optimization_level=1 halves compile
-                # time but the whole suite (TensorFlow in the same process) then aborts.
-                program = jax.jit(maps).lower(params, x, cotangents).compile()
+                program = _compiled_for_cpu(maps, params, x, cotangents)
             else:
-                program = _NumpyMaps(program, jax.jit(maps))
+                program = _NumpyMaps(program, lambda *args: _compiled_for_cpu(maps, *args))
             trace.compiled[key] = program
             return program
 
@@ -378,12 +376,31 @@ class JaxGradientProvider:
         )
 
 
-class _NumpyMaps:
-    """A gradient-map program run in numpy; compiled by ``jitted`` if numpy cannot run it."""
+_CPU_OPTIONS: dict[str, str | bool] = {"xla_cpu_experimental_ynn_fusion_type": ""}
+"""XLA's CPU compiler hands some fused float64 operations to YNNPACK (jaxlib 0.10.2),
+which returned overflowing garbage inside linearized programs: Keras' MobileNetV3Small at
+full width (``narrow=False``) came out NaN compiled and exact run op by op, and exact
+compiled with this fusion off (``test_narrowed_maps_have_the_full_width_support`` in
+``tests/test_keras_applications.py``, on JAX in ``nox -s keras_applications_backends``).
+It is off for rfest's programs only (a per-program option; the user's own ``jax.jit`` is
+not affected). Other compiler options are left alone: ``xla_backend_optimization_level=1``
+halves compile time but aborted the whole suite (TensorFlow in the same process)."""
 
-    def __init__(self, program: NumpyProgram, jitted: Any) -> None:
+
+def _compiled_for_cpu(function: Callable[..., Any], *args: Any) -> Any:
+    """``jax.jit(function)`` compiled for ``args``, with :data:`_CPU_OPTIONS` on CPU."""
+    lowered = jax.jit(function).lower(*args)
+    on_cpu = all(device.platform == "cpu" for device in jax.devices())
+    return lowered.compile(compiler_options=_CPU_OPTIONS if on_cpu else None)
+
+
+class _NumpyMaps:
+    """A gradient-map program run in numpy; compiled (once) if numpy cannot run it."""
+
+    def __init__(self, program: NumpyProgram, compile: Callable[..., Any]) -> None:
         self._program: NumpyProgram | None = program
-        self._jitted = jitted
+        self._compile = compile
+        self._compiled: Any = None
 
     def __call__(self, params: list[Any], x: Any, cotangents: np.ndarray) -> Any:
         if self._program is not None:
@@ -392,7 +409,9 @@ class _NumpyMaps:
                 return maps
             except Unsupported:
                 self._program = None
-        return self._jitted(params, x, cotangents)
+        if self._compiled is None:
+            self._compiled = self._compile(params, x, cotangents)
+        return self._compiled(params, x, cotangents)
 
 
 def _default_float() -> Any:

@@ -95,6 +95,14 @@ def _window(layer: Any, node: Any) -> bool:
     )
 
 
+def _softmax(layer: Any, node: Any) -> bool:
+    """Over the channels, or along every spatial axis (global along each): not along some."""
+    rank = len(node.input_tensors[0].shape)
+    wanted = layer.axis if isinstance(layer.axis, (list, tuple)) else (layer.axis,)
+    spatial = {int(a) % rank for a in wanted} & set(range(1, rank - 1))
+    return not spatial or spatial == set(range(1, rank - 1))
+
+
 def _channel_concatenation(layer: Any, node: Any) -> bool:
     rank = len(node.input_tensors[0].shape)
     return all(len(t.shape) == rank for t in node.input_tensors) and int(layer.axis) % rank == (
@@ -121,7 +129,7 @@ _ALIKE = frozenset(
         "Maximum",
         "Minimum",
         "Dense",  # on the channel axis: channels-first models are refused before this
-        *("Activation", "ReLU", "LeakyReLU", "PReLU", "ELU", "ThresholdedReLU", "Softmax"),
+        *("Activation", "ReLU", "LeakyReLU", "PReLU", "ELU", "ThresholdedReLU"),
         *("BatchNormalization", "LayerNormalization", "GroupNormalization"),
         *("UnitNormalization", "RMSNormalization", "Normalization"),
         *("Dropout", "GaussianNoise", "GaussianDropout", "AlphaDropout"),
@@ -149,5 +157,6 @@ _RULES: dict[str, Callable[[Any, Any], bool]] = {
     "Rescaling": _per_channel_rescaling,
     "Reshape": lambda layer, node: adds_unit_axes(layer.target_shape),
     "Concatenate": _channel_concatenation,
+    "Softmax": _softmax,
 }
 """Layers with per-axis parameters, by kind without its ``1D``/``2D``/``3D``."""

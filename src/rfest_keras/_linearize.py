@@ -2,7 +2,9 @@
 
 The table names Keras layer classes by what they become:
 
-- pointwise activations, softmax, normalisation, dropout and noise: identity;
+- pointwise activations, softmax over the channels, normalisation, dropout and noise:
+  identity; a softmax over spatial axes: its support, every input along those axes
+  (:func:`softmax_by_support`);
 - max pooling (plain, global, adaptive): average pooling of the same geometry;
 - ``Maximum``/``Minimum`` merges: their mean; ``Subtract``: a sum (a difference of two
   positive paths could cancel where they overlap); ``Multiply``: the mean of its
@@ -22,7 +24,7 @@ layers nested in custom layers). Nothing here touches the user's model.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import keras
@@ -46,6 +48,7 @@ __all__ = [
     "narrow_config",
     "patch_pooling_3d",
     "set_constant_weights",
+    "softmax_by_support",
     "sum_of",
 ]
 
@@ -57,7 +60,6 @@ _IDENTITY = frozenset(
         "PReLU",
         "ELU",
         "ThresholdedReLU",
-        "Softmax",
         "BatchNormalization",
         "LayerNormalization",
         "GroupNormalization",
@@ -97,6 +99,7 @@ CHANNEL_BLIND = frozenset(
     {
         "InputLayer",
         "Identity",
+        "Softmax",  # over the channels or along spatial axes, per channel
         "Flatten",
         "Add",
         "Multiply",
@@ -162,7 +165,7 @@ def linearize_config(config: dict[str, Any]) -> None:
             continue
         name, inner = entry["class_name"], entry["config"]
         keep = {k: inner[k] for k in ("name", "dtype", "trainable") if k in inner}
-        if name in _IDENTITY:
+        if name in _IDENTITY or (name == "Softmax" and inner.get("axis", -1) in (-1, [-1])):
             entry["class_name"] = "Activation"
             entry["config"] = {**keep, "activation": "linear"}
             for node in entry.get("inbound_nodes", []):
@@ -238,6 +241,8 @@ def linear_call(layer: Any) -> Any:
         return None
     if name in _IDENTITY:
         return _identity
+    if name == "Softmax":
+        return softmax_by_support(layer.axis)
     if name in _AS_AVERAGE:
         return average_pool(layer, name)
     return None
@@ -348,6 +353,32 @@ def patch_pooling_3d(model: keras.Model) -> None:
 
 def _identity(inputs: Any, *args: Any, **kwargs: Any) -> Any:
     return inputs
+
+
+def softmax_by_support(axis: int | Sequence[int]) -> Any:
+    """A ``Softmax`` layer's ``call`` by its support (as ``rfest_torch`` linearizes
+    ``F.softmax``): each output depends on every input along ``axis``, so along spatial
+    axes it is the input plus its mean over them, positive, and the field is global
+    there. Over the channel axis alone it is the identity (channels are not a field's
+    axes). Masked entries (Keras' ``mask``) stay out, as in the layer: an output there is
+    0, and no other output depends on them."""
+    wanted = tuple(axis) if isinstance(axis, (list, tuple)) else (axis,)
+
+    def call(inputs: Any, mask: Any = None, *args: Any, **kwargs: Any) -> Any:
+        rank = len(inputs.shape)
+        axes = tuple(sorted({int(a) % rank for a in wanted}))
+        if axes == (rank - 1,):
+            return inputs
+        if mask is None:
+            spread = keras.ops.mean(inputs, axis=axes, keepdims=True)
+            return keras.ops.multiply(keras.ops.add(inputs, spread), 0.5)
+        if keras.backend.standardize_dtype(mask.dtype) != "bool":
+            mask = keras.ops.greater(mask, 0.5)  # as the layer reads it
+        kept = keras.ops.where(mask, inputs, 0)
+        spread = keras.ops.mean(kept, axis=axes, keepdims=True)
+        return keras.ops.where(mask, keras.ops.multiply(keras.ops.add(kept, spread), 0.5), 0)
+
+    return call
 
 
 def sum_of(inputs: list[Any]) -> Any:

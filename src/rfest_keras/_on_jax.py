@@ -255,7 +255,7 @@ class KerasOnJax:
                         if _is_functional(layer):
                             patches.set(layer, "_assert_input_compatibility", _accept)
                         if layer is not owner:
-                            swap = linearizing and _shifts_by_mean(layer)
+                            swap = linearizing and _by_table(layer)
                             call = linear_call(layer) if swap else layer.call
                             recorded = _recording(layer, call, calls, running)
                             patches.set(layer, "call", recorded)
@@ -281,14 +281,19 @@ class KerasOnJax:
         return Model("keras", params, linearized, run, owner=model, structure=structure)
 
 
-def _shifts_by_mean(layer: Any) -> bool:
-    """Keras' ``GroupNormalization`` centres as ``x * inv + (-mean * inv)``: an added
-    statistic, which the jaxpr reading keeps (only ``x - mean`` is read as centring, an
-    added mean may be a real global term), so the field would come out global. Linearized,
-    it is the identity it is on the other backends (the copy's table, ``linear_call``)."""
-    return type(layer).__name__ == "GroupNormalization" and type(layer).__module__.startswith(
-        "keras."
-    )
+def _by_table(layer: Any) -> bool:
+    """Layers the jaxpr reading would get wrong, linearized by the copy's table instead
+    (``linear_call``), as on the other backends:
+
+    - ``GroupNormalization`` centres as ``x * inv + (-mean * inv)``: an added statistic,
+      which the jaxpr reading keeps (only ``x - mean`` is read as centring, an added mean
+      may be a real global term), so the field would come out global; it is the identity;
+    - ``Softmax`` over several axes is ``exp(x - logsumexp(x))``, whose subtracted
+      statistic reads as centring, so a softmax over the image would come out local; it
+      acts on every input along its axes."""
+    return type(layer).__name__ in ("GroupNormalization", "Softmax") and type(
+        layer
+    ).__module__.startswith("keras.")
 
 
 def _recording(

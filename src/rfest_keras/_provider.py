@@ -61,6 +61,10 @@ _MAX_PROGRAMS = 4
 """Outputs measured with compiled programs in one call; more (a report of every layer)
 stay eager: each program costs a trace of the model, several eager passes' worth."""
 _copy_refused: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+_SHAPES_NOT_AT_INFERENCE = frozenset({"RandomCrop"})
+"""Layers whose symbolic output shape is not their inference output: Keras 3.15's
+``RandomCrop`` declares the crop size but passes its input through at inference (Keras
+3.3 resized to it); their models' shapes come from running them."""
 
 
 def provider(model: Any, **options: Any) -> KerasGradientProvider | KerasOnJax:
@@ -568,10 +572,18 @@ class KerasGradientProvider:
         return self._captured(built, name)
 
     def _symbolic(self, spatial: tuple[int, ...]) -> bool:
-        """Every requested output is a graph head of the copy (shapes without computing)."""
+        """Every requested output is a graph head of the copy (shapes without computing),
+        and no layer declares a shape it does not have at inference."""
         with _lock, precision(self._dtype):
             built = self._copy_for(spatial)
-        return built.graph and all(self._single_node(built.model, n) for n in self._outputs)
+        return (
+            built.graph
+            and all(self._single_node(built.model, n) for n in self._outputs)
+            and not any(
+                type(layer).__name__ in _SHAPES_NOT_AT_INFERENCE
+                for layer in built.model._flatten_layers(include_self=False, recursive=True)
+            )
+        )
 
     def _single_node(self, model: keras.Model, name: str) -> bool:
         """The output is the model's, or a top-level layer called once."""

@@ -24,7 +24,7 @@ _WINDOWS = frozenset(
     for d in (1, 2, 3)
 )
 _MERGES = frozenset({"Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum"})
-_ELEMENTWISE = IDENTITY_LAYERS | {"Identity", "Rescaling", "Dense"}
+_ELEMENTWISE = IDENTITY_LAYERS | {"Identity", "Rescaling", "Dense", "Softmax"}
 
 
 def same_spatial_input(layer: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:

@@ -91,9 +91,21 @@ def output_spatial_shape(
         if layout == "channels_first"
         else ("(batch, *spatial, channels)")
     )
+    if len(full) > spatial_axes + 2:
+        hint = (
+            "; the model gives it more axes than its input has (a reshape of its input "
+            "into an image?): rfest measures along the input's own spatial axes, so "
+            "measure a model whose input is the image itself, spatial axes and channels "
+            "(a grayscale (H, W) input as (H, W, 1)), or an output with the input's axes"
+        )
+    else:
+        hint = (
+            "; measure an earlier output that still has the input's spatial axes (before "
+            "a flatten, or a reshape into tokens)"
+        )
     raise OutputShapeError(
         f"output {name!r} has shape {full}; expected {form} with {spatial_axes} spatial "
-        f"axes like the input, or (batch, features)"
+        f"axes like the input, or (batch, features){hint}"
     )
 
 
