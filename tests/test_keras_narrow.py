@@ -78,9 +78,68 @@ def _concatenations() -> keras.Model:
     return keras.Model(inputs, L.Concatenate()([stacked, L.Conv2D(1, 1)(stacked)]))
 
 
+def _window_runs() -> keras.Model:
+    """Runs of windows, fusable and not (see test_runs_of_stride_1_windows_are_fused):
+    a 3x3 then a separable 5x5 through BN and ReLU, then a 1x1 and a depthwise (1, 3):
+    one run; a 3x3 read twice; an even 2x2, a dilated 3x3, a 'valid' 3x3 and a strided
+    3x3 after 3x3s; the measured layer inside a run is kept."""
+    x = inputs = keras.Input((None, None, 3))
+    a = L.Conv2D(4, 3, padding="same", name="a")(x)
+    b = L.SeparableConv2D(4, 5, padding="same", name="b")(L.ReLU()(L.BatchNormalization()(a)))
+    c = L.DepthwiseConv2D((1, 3), padding="same", name="c")(L.Conv2D(4, 1, name="c1x1")(b))
+    d = L.Conv2D(4, 3, padding="same", name="d")(c)  # read twice: not absorbed
+    e = L.Conv2D(4, 3, padding="same", name="e")(d)
+    f = L.Conv2D(4, 3, padding="same", name="f")(d)
+    g = L.Conv2D(4, 2, padding="same", name="g")(L.Add()([e, f]))  # even: not fusable
+    h = L.Conv2D(4, 3, padding="same", name="h")(g)
+    i = L.Conv2D(4, 3, padding="same", dilation_rate=2, name="i")(h)  # dilated
+    j = L.Conv2D(4, 3, padding="same", name="j")(i)
+    k = L.Conv2D(4, 3, padding="valid", name="k")(j)  # 'valid'
+    m = L.Conv2D(4, 3, padding="same", name="m")(k)
+    n = L.Conv2D(4, 3, strides=2, padding="same", name="n")(m)  # strided
+    o = L.Conv2D(4, 3, padding="same", name="o")(n)
+    return keras.Model(inputs, L.Conv2D(4, 3, padding="same", name="p")(o))
+
+
+def test_runs_of_stride_1_windows_are_fused() -> None:
+    from rfest_keras._fuse import fusions
+
+    model = _window_runs()
+    fused = fusions(model)
+    names = {id(layer): layer.name for layer in model.layers}
+    assert {names[i] for i in fused.absorbed} == {"a", "b", "c", "o"}
+    # a 3 + b 5 - 1 = 7, + c (1, 3) - 1: (7, 9); then d reads c: (9, 11); p: o 3 + 3 - 1
+    assert {names[i]: k for i, k in fused.kernels.items()} == {
+        "b": (7, 7),
+        "c": (7, 9),
+        "d": (9, 11),
+        "p": (5, 5),
+    }
+    # measured, b's output must exist: b still absorbs a, c no longer absorbs b
+    kept = fusions(model, keep=model.get_layer("b"))
+    assert {names[i] for i in kept.absorbed} == {"a", "c", "o"}
+    assert {names[i]: k for i, k in kept.kernels.items()} == {
+        "b": (7, 7),
+        "d": (3, 5),
+        "p": (5, 5),
+    }
+
+
+def test_fused_runs_measure_exactly_at_every_layer() -> None:
+    # each output against the recurrence calculator: a run's end, a layer inside a run
+    # (kept, so the run is cut there), and the output after a strided window
+    model = _window_runs()
+    names = ["b", "d", "m", "p"]  # four: each its own compiled narrowed program
+    rfs = rfest.compute(model, (40, 44, 3), output=names)
+    for name in names:
+        rf = rfs[name]
+        assert (rf.size, rf.stride, rf.padding) == field_of(model, (40, 44), name), name
+
+
 @pytest.mark.parametrize(
     ("build", "shape"),
     [
+        (_window_runs, (1, 23, 26, 3)),
         (_every_kind_2d, (1, 16, 16, 3)),
         (_concatenations, (1, 9, 10, 3)),
         (_every_kind_1d, (1, 40, 2)),

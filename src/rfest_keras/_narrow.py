@@ -25,6 +25,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from rfest_keras._fuse import fusions
 from rfest_keras._graph import graph_of, run_graph, summed
 from rfest_keras._linearize import (
     APPLICATION_LAYERS,
@@ -108,7 +109,13 @@ def run_narrowed(
     replaced by its :func:`narrowed_call`, in ``dtype``; ``record`` ``(layer, outputs)``
     collects the output of each call of that layer (or nested model)."""
 
+    fused = fusions(model, keep=record[0] if record is not None else None)
+
     def calls(operation: Any) -> Call:
+        if id(operation) in fused.absorbed:
+            return _channel_sum
+        if id(operation) in fused.kernels:
+            return _one_filter(operation, type(operation).__name__, fused.kernels[id(operation)])
         call = narrowed_call(operation)
         if call is None:
             raise TypeError(f"{type(operation).__name__} has no one-channel counterpart")
@@ -162,12 +169,21 @@ def _constant(shape: tuple[int, ...], value: float, dtype: Any) -> Any:
     return keras.ops.convert_to_tensor(np.full(shape, value), dtype=dtype)
 
 
-def _one_filter(layer: Any, kind: str) -> Call:
+def _channel_sum(inputs: Any, *args: Any, **kwargs: Any) -> Any:
+    """A window absorbed into the next (:mod:`rfest_keras._fuse`): its channels summed."""
+    if int(inputs.shape[-1]) == 1:
+        return inputs
+    import tensorflow as tf
+
+    return tf.reduce_sum(inputs, axis=-1, keepdims=True)
+
+
+def _one_filter(layer: Any, kind: str, fused: tuple[int, ...] | None = None) -> Call:
     """The layer with one output filter (a depthwise layer: its multiplier per channel),
     its weights ``1 / fan_in`` as :func:`rfest_keras._linearize.constant_value` sets them,
-    and no bias or activation."""
+    and no bias or activation; ``fused``, the kernel of the run of windows it ends."""
     data_format = getattr(layer, "data_format", "channels_last")
-    kernel = tuple(getattr(layer, "kernel_size", ()))
+    kernel = fused or tuple(getattr(layer, "kernel_size", ()))
     taps = math.prod(kernel)
     geometry = {
         "strides": tuple(getattr(layer, "strides", ())),
