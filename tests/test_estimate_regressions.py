@@ -253,3 +253,11 @@ def test_last_unit_seeing_only_padding_and_an_unreachable_tail_on_the_periodic_p
     provider = FakeProvider([axis, Axis(3, 1)], (29, 40))
     rf = rfest.compute(provider, backend="fake", max_input_size=1067)
     assert (rf.size, rf.stride, rf.padding) == ((345, 3), (8, 1), (344, 0))
+
+
+def test_shrunk_padding_wider_than_the_field_leaves_two_dead_units_at_one_end() -> None:
+    # k2 d2 p(0, 4): K3, r3 first 0. At 3 the five units read {0, 2}, {1, 3}, {2, 4},
+    # {3, 5}, {4, 6}: units 3 and 4 see only padding. The periodic prober allowed one
+    # dead unit at each end only, and called unit 3 "does not depend on the input".
+    net = Net(1, (3,), (Conv((2,), (1,), (2,), ((0, 4),)),))
+    _brute_force_and_torch(net)

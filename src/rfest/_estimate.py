@@ -1111,7 +1111,9 @@ class _AxisProber:
 
     def probe(self, n: int, units: Sequence[int]) -> _Probe:
         """Supports of ``units`` and of the end units, which may see only padding (as in
-        :func:`_probe`: they are left out and flagged, not an error)."""
+        :func:`_probe`: they are left out and flagged, not an error): so may their
+        neighbours, a padding wider than the field (a run of dead units at either end);
+        a dead unit between live ones is an error."""
         m = self.output_len(n)
         along = tuple(sorted({*units, 0, 1, m - 2, m - 1} & set(range(m))))
         spatial = _with(self.base, self.axis, n)
@@ -1120,7 +1122,8 @@ class _AxisProber:
         maps = _gradient_maps(self.provider, self.output_name, spatial, probed)
         supports = axis_supports(maps, self.axis)
         live = [(i, sup) for i, sup in zip(along, supports, strict=True) if sup is not None]
-        if not live or any(sup is None for sup in supports[1:-1]):
+        alive = [k for k, sup in enumerate(supports) if sup is not None]
+        if not live or any(sup is None for sup in supports[alive[0] : alive[-1] + 1]):
             _axis_supports(maps, self.output_name, spatial, probed, self.axis)  # raises
         dead = (supports[0] is None, supports[-1] is None)
         return _Probe(n, m, tuple(i for i, _ in live), tuple(sup for _, sup in live), (), dead)
