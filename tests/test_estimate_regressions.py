@@ -261,3 +261,24 @@ def test_shrunk_padding_wider_than_the_field_leaves_two_dead_units_at_one_end() 
     # dead unit at each end only, and called unit 3 "does not depend on the input".
     net = Net(1, (3,), (Conv((2,), (1,), (2,), ((0, 4),)),))
     _brute_force_and_torch(net)
+
+
+def test_shrunk_circular_padding_wrapping_end_units_round_the_input() -> None:
+    # axis 1: k1 circular p1: first -1; max k4 p1: r4 first -2. At the cap the first and
+    # last units wrap round (reads -2..1: the last two pixels and the first two), so both
+    # reached both ends of the input and the global verdict took them for whole.
+    net = Net(1, (1, 1, 1), (Pool("max", (1, 1, 1), (1, 1, 1), (0, 0, 0)),
+                             Conv((1, 1, 1), (1, 1, 1), (1, 1, 1), ((0, 0), (1, 1), (0, 0)),
+                                  "circular"),
+                             Pool("max", (1, 4, 1), (1, 1, 1), (0, 1, 0))))  # fmt: skip
+    _brute_force_and_torch(net)
+
+
+def test_shrunk_circular_same_dilated_conv_after_a_padded_pool() -> None:
+    # max k2 p1: r2 first -1; k1; k2 d2 'same' circular (pads 1, 1): r4 first -2;
+    # max k1 s2: j2. 4 / 2 / 2; its end units wrap round at every size.
+    net = Net(1, (1,), (Pool("max", (2,), (1,), (1,)),
+                        Conv((1,), (1,), (1,), "valid"),
+                        Conv((2,), (1,), (2,), "same", "circular"),
+                        Pool("max", (1,), (2,), (0,))))  # fmt: skip
+    _brute_force_and_torch(net)

@@ -75,9 +75,15 @@ def _end_supports(
 
 def _whole(n: int, seen: Sequence[Interval]) -> bool:
     """Both end units see all of the input of size ``n`` (but a tail a strided stem cannot
-    reach, as for the estimator's probes)."""
+    reach, as for the estimator's probes, and the holes a stride leaves). A field that
+    wraps around (circular padding) reaches both ends of the input with most of it
+    missing in between: not whole."""
     if len(seen) != 2:
         return False  # an end unit without gradient: not every unit sees everything
     near = min(s.lo for s in seen)
     far = max(s.hi for s in seen)
-    return near == 0 and 4 * far >= 3 * (n - 1) and all((s.lo, s.hi) == (near, far) for s in seen)
+    return (
+        near == 0
+        and 4 * far >= 3 * (n - 1)
+        and all((s.lo, s.hi) == (near, far) and 4 * s.gap <= n - 1 for s in seen)
+    )
