@@ -92,8 +92,10 @@ def _window_before(
 ) -> Any:
     """The fusable window whose output reaches ``node`` only, through pass-through
     layers only, or None."""
-    (tensor,) = node.input_tensors or (None,)
-    while tensor is not None and consumers.get(id(tensor)) == 1:
+    if len(node.input_tensors) != 1:
+        return None
+    (tensor,) = node.input_tensors
+    while consumers.get(id(tensor)) == 1:
         source = producer.get(id(tensor))
         if source is None:
             return None
