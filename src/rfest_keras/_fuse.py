@@ -24,6 +24,7 @@ from typing import Any
 
 from rfest_keras._graph import graph_of
 from rfest_keras._linearize import IDENTITY_LAYERS
+from rfest_keras._windows import per_axis
 
 __all__ = ["Fusions", "fusions"]
 
@@ -114,17 +115,14 @@ def fusable(operation: Any) -> tuple[int, ...] | None:
     """The kernel of a built-in convolution that the narrowed walk runs as a window of
     equal taps, 'same', stride 1, no dilation, odd along every axis, channels last;
     else None."""
-    kind = type(operation).__name__
-    if kind not in _WINDOW_KINDS or not type(operation).__module__.startswith("keras.src."):
+    geometry = _stride_1_window(operation, "keras.src.")
+    if geometry is None:
         return None
-    kernel = tuple(int(k) for k in operation.kernel_size)
+    kernel, dilation = geometry
     if (
         operation.padding != "same"
-        or getattr(operation, "data_format", "channels_last") != "channels_last"
-        or any(int(s) != 1 for s in _per_axis(operation.strides, len(kernel)))
-        or any(int(d) != 1 for d in _per_axis(operation.dilation_rate, len(kernel)))
+        or any(d != 1 for d in dilation)
         or any(k % 2 == 0 for k in kernel)
-        or int(getattr(operation, "depth_multiplier", 1)) != 1
         or all(k == 1 for k in kernel)
     ):
         return None
@@ -134,22 +132,24 @@ def fusable(operation: Any) -> tuple[int, ...] | None:
 def _passes_one_channel(operation: Any) -> bool:
     """A layer that, narrowed, returns a one-channel input as it is: a linearized
     activation or normalization, a 1x1 stride-1 convolution (one tap of weight 1)."""
-    kind = type(operation).__name__
-    if not type(operation).__module__.startswith("keras.src.layers."):
-        return False
-    if kind in IDENTITY_LAYERS:
-        return True
-    if kind not in _WINDOW_KINDS or getattr(operation, "data_format", "channels_last") != (
-        "channels_last"
+    if type(operation).__name__ in IDENTITY_LAYERS:
+        return type(operation).__module__.startswith("keras.src.layers.")
+    geometry = _stride_1_window(operation, "keras.src.layers.")
+    return geometry is not None and all(k == 1 for k in geometry[0])
+
+
+def _stride_1_window(operation: Any, module: str) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """``(kernel, dilation)`` of a convolution from ``module``, channels last, stride 1
+    (a depthwise one with multiplier 1); else None."""
+    if type(operation).__name__ not in _WINDOW_KINDS or not type(operation).__module__.startswith(
+        module
     ):
-        return False
+        return None
     kernel = tuple(int(k) for k in operation.kernel_size)
-    return (
-        all(k == 1 for k in kernel)
-        and all(int(s) == 1 for s in _per_axis(operation.strides, len(kernel)))
-        and int(getattr(operation, "depth_multiplier", 1)) == 1
-    )
-
-
-def _per_axis(value: Any, rank: int) -> tuple[int, ...]:
-    return tuple(value) if isinstance(value, (tuple, list)) else (value,) * rank
+    if (
+        getattr(operation, "data_format", "channels_last") != "channels_last"
+        or any(s != 1 for s in per_axis(operation.strides, len(kernel)))
+        or int(getattr(operation, "depth_multiplier", 1)) != 1
+    ):
+        return None
+    return kernel, per_axis(operation.dilation_rate, len(kernel))

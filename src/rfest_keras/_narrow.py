@@ -39,7 +39,7 @@ from rfest_keras._linearize import (
     mean_of,
     sum_of,
 )
-from rfest_keras._windows import uniform_window
+from rfest_keras._windows import per_axis, uniform_window
 
 __all__ = ["narrowable", "narrowed_call", "run_narrowed"]
 
@@ -191,8 +191,8 @@ def _one_filter(layer: Any, kind: str, fused: tuple[int, ...] | None = None) -> 
         "dilation_rate": getattr(layer, "dilation_rate", 1),
         "data_format": data_format,
     }
-    strides = _per_axis(geometry["strides"], len(kernel))
-    dilation = _per_axis(geometry["dilation_rate"], len(kernel))
+    strides = per_axis(geometry["strides"], len(kernel))
+    dilation = per_axis(geometry["dilation_rate"], len(kernel))
     padding = str(geometry["padding"])
 
     def call(inputs: Any, *args: Any, **kwargs: Any) -> Any:
@@ -228,11 +228,6 @@ def _one_filter(layer: Any, kind: str, fused: tuple[int, ...] | None = None) -> 
         )
 
     return call
-
-
-def _per_axis(value: Any, rank: int) -> tuple[int, ...]:
-    values = tuple(value) if isinstance(value, (tuple, list)) else (value,) * rank
-    return tuple(int(v) for v in values) if values else (1,) * rank
 
 
 def _window_mean(layer: Any, kind: str) -> Call:

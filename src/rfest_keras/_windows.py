@@ -26,7 +26,13 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["uniform_window"]
+__all__ = ["per_axis", "uniform_window"]
+
+
+def per_axis(value: Any, rank: int) -> tuple[int, ...]:
+    """A layer's ``strides``/``dilation_rate`` (an int or one entry per axis) per axis."""
+    values = tuple(value) if isinstance(value, (tuple, list)) else (value,) * rank
+    return tuple(int(v) for v in values) if values else (1,) * rank
 
 
 def uniform_window(
