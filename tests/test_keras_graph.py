@@ -48,10 +48,13 @@ def _runner(model: keras.Model, constants: list[tuple[object, np.ndarray]]) -> o
 
 def _elements(model: keras.Model, batch: int) -> int:
     """Elements of every layer output at the model's fixed size, from Keras' shapes, but
-    the Dropout's: at inference it passes its input through and keeps no new values."""
+    the Dropout's (at inference it passes its input through and keeps no new values) and
+    those without a spatial extent (a pooled vector: a handful of values)."""
     total = 0
     for layer in model._flatten_layers(include_self=False, recursive=True):
         if isinstance(layer, keras.Model) or type(layer).__name__ in ("InputLayer", "Dropout"):
+            continue
+        if all(d == 1 for d in layer.output.shape[1:-1]):
             continue
         total += batch * math.prod(int(d) for d in layer.output.shape[1:])
     return total

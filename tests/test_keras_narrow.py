@@ -20,6 +20,7 @@ from rfest_keras._autodiff import to_numpy  # noqa: E402
 from rfest_keras._graph import run_graph, weight_values  # noqa: E402
 from rfest_keras._narrow import narrowable, run_narrowed  # noqa: E402
 from rfest_keras._rebuild import build_copy  # noqa: E402
+from rfest_keras._union import Windows  # noqa: E402
 
 pytestmark = [
     pytest.mark.keras,
@@ -79,15 +80,15 @@ def _concatenations() -> keras.Model:
 
 
 def _window_runs() -> keras.Model:
-    """Runs of windows, fusable and not (see test_runs_of_stride_1_windows_are_fused):
-    a 3x3 then a separable 5x5 through BN and ReLU, then a 1x1 and a depthwise (1, 3):
-    one run; a 3x3 read twice; an even 2x2, a dilated 3x3, a 'valid' 3x3 and a strided
-    3x3 after 3x3s; the measured layer inside a run is kept."""
+    """Runs of windows, one window of the narrowed walk or not (rfest_keras._union): a 3x3
+    then a separable 5x5 through BN and ReLU, then a 1x1 and a depthwise (1, 3): one run;
+    a 3x3 read twice; an even 2x2, a dilated 3x3, a 'valid' 3x3 and a strided 3x3 after
+    3x3s; the measured layer inside a run is kept."""
     x = inputs = keras.Input((None, None, 3))
     a = L.Conv2D(4, 3, padding="same", name="a")(x)
     b = L.SeparableConv2D(4, 5, padding="same", name="b")(L.ReLU()(L.BatchNormalization()(a)))
     c = L.DepthwiseConv2D((1, 3), padding="same", name="c")(L.Conv2D(4, 1, name="c1x1")(b))
-    d = L.Conv2D(4, 3, padding="same", name="d")(c)  # read twice: not absorbed
+    d = L.Conv2D(4, 3, padding="same", name="d")(c)  # read twice
     e = L.Conv2D(4, 3, padding="same", name="e")(d)
     f = L.Conv2D(4, 3, padding="same", name="f")(d)
     g = L.Conv2D(4, 2, padding="same", name="g")(L.Add()([e, f]))  # even: not fusable
@@ -101,31 +102,113 @@ def _window_runs() -> keras.Model:
     return keras.Model(inputs, L.Conv2D(4, 3, padding="same", name="p")(o))
 
 
-def test_runs_of_stride_1_windows_are_fused() -> None:
-    from rfest_keras._fuse import fusions
+def test_windows_compose_and_unite_as_supports_do() -> None:
+    import tensorflow as tf
 
-    model = _window_runs()
-    fused = fusions(model)
-    names = {id(layer): layer.name for layer in model.layers}
-    assert {names[i] for i in fused.absorbed} == {"a", "b", "c", "o"}
-    # a 3 + b 5 - 1 = 7, + c (1, 3) - 1: (7, 9); then d reads c: (9, 11); p: o 3 + 3 - 1
-    assert {names[i]: k for i, k in fused.kernels.items()} == {
-        "b": (7, 7),
-        "c": (7, 9),
-        "d": (9, 11),
-        "p": (5, 5),
-    }
-    # measured, b's output must exist: b still absorbs a, c no longer absorbs b
-    kept = fusions(model, keep=model.get_layer("b"))
-    assert {names[i] for i in kept.absorbed} == {"a", "c", "o"}
-    assert {names[i]: k for i, k in kept.kernels.items()} == {
-        "b": (7, 7),
-        "d": (3, 5),
-        "p": (5, 5),
-    }
+    x = tf.zeros((1, 8, 8, 1))
+    z = tf.zeros((1, 8, 8, 1))
+    run = Windows.of(x).then((3, 3)).then((5, 5))
+    assert [k for _, k in run.terms] == [(7, 7)]  # 3 + 5 - 1
+    covered = Windows.union([run, Windows.of(x).then((3, 5)), Windows.of(x)])
+    assert [k for _, k in covered.terms] == [(7, 7)]
+    cross = Windows.union([Windows.of(x).then((1, 7)), Windows.of(x).then((7, 1))])
+    assert [k for _, k in cross.terms] == [(1, 7), (7, 1)]  # a cross is not a window
+    two = Windows.union([cross, Windows.of(z).then((3, 3))]).then((3, 3))
+    assert [(t is x, k) for t, k in two.terms] == [(True, (3, 9)), (True, (9, 3)), (False, (5, 5))]
 
 
-def test_fused_runs_measure_exactly_at_every_layer() -> None:
+def _branches_1d() -> keras.Model:
+    """Worked by hand, each value a sum of windows of x: a 3 -> {3}; b, separable 5 after
+    BN and ReLU -> {7}; four branches of b: 1x1 {7}, 3 {9}, average 3 {9}, max 5 {11};
+    their concatenation {11}; plus a 3 of it: {13}. Then y's strided window reads it:
+    two convolutions (the 13-window of x and y's own) where the layers have seven."""
+    x = inputs = keras.Input((None, 2))
+    a = L.Conv1D(4, 3, padding="same", name="a")(x)
+    b = L.SeparableConv1D(4, 5, padding="same")(L.ReLU()(L.BatchNormalization()(a)))
+    branches = [
+        L.Conv1D(2, 1)(b),
+        L.Conv1D(2, 3, padding="same")(b),
+        L.AveragePooling1D(3, strides=1, padding="same")(b),
+        L.MaxPooling1D(5, strides=1, padding="same")(b),
+    ]
+    joined = L.Concatenate()(branches)
+    r = L.Add()([joined, L.Conv1D(12, 3, padding="same")(joined)])
+    return keras.Model(inputs, L.Conv1D(3, 3, strides=2, name="y")(r))
+
+
+def test_branches_over_one_input_are_computed_as_one_window() -> None:
+    import tensorflow as tf
+
+    model = _branches_1d()
+    program = tf.function(lambda t: run_narrowed(model, t, "float64")[0], autograph=False)
+    graph = program.get_concrete_function(tf.TensorSpec((None, None, 2), tf.float64)).graph
+    convolutions = [op for op in graph.get_operations() if op.type == "Conv2D"]
+    assert len(convolutions) == 2
+    for name, size in (("y", 40), ("a", 40)):  # y: through the unions; a: kept, a tensor
+        rf = rfest.compute(model, (size, 2), output=name)
+        assert (rf.size, rf.stride, rf.padding) == field_of(model, (size,), name)
+
+
+def _constants() -> keras.Model:
+    """Shifts and positive scales by numbers (a hard sigmoid and a hard swish, as
+    MobileNetV3 writes them), which the walk passes over, and a scale by 0 and a negative
+    one, which it must not."""
+    x = inputs = keras.Input((None, None, 3))
+    x = L.Conv2D(4, 3, padding="same")(x)
+    gate = L.ReLU(6.0)(x + 3.0) * (1.0 / 6.0)
+    x = L.Conv2D(4, 3, strides=2)(x * gate)
+    x = (2.0 - x) / 4.0
+    y = L.Conv2D(4, 3, padding="same")(x)
+    z = L.Conv2D(4, 5, padding="same")(x) * 0.0
+    return keras.Model(inputs, L.Add()([y * -1.0, z]))
+
+
+def test_shifts_and_positive_scales_by_numbers_trace_nothing() -> None:
+    import tensorflow as tf
+
+    model = _constants()
+    program = tf.function(lambda t: run_narrowed(model, t, "float64")[0], autograph=False)
+    graph = program.get_concrete_function(tf.TensorSpec((None, None, None, 3), tf.float64)).graph
+    kinds = [op.type for op in graph.get_operations()]
+    # two products kept (by 0, by -1), the sum of the last two windows, the mean of the
+    # swish's product: no operation for + 3, * (1 / 6), 2 - x, / 4
+    assert kinds.count("Mul") == 3
+    assert "RealDiv" not in kinds and "Sub" not in kinds
+    # by hand: 3x3 'same' (3, 1, 1); the gate is local; 3x3 stride 2 (3 + 2, 2, 1); the
+    # 3x3 'same' (5 + 2 * 2, 2, 1 + 2): 9 / 2 / 3. The 5x5 would make it 13 / 2 / 5, but
+    # its product by 0 has no gradient (the layer calculator does not know that).
+    rf = rfest.compute(model, (24, 24, 3))
+    assert (rf.size, rf.stride, rf.padding) == ((9, 9), (2, 2), (3, 3))
+
+
+def _unions() -> keras.Model:
+    """What the unions must get right: crossing windows (1x5 and 5x1 of one input), a
+    dense block (each layer concatenated to its input), a sum of windows of two tensors
+    read twice, a layer applied twice, a nested model ending in a window, a gate of
+    another shape, windows along a spatial concatenation, even and dilated windows."""
+    x = inputs = keras.Input((None, None, 3))
+    stem = L.Conv2D(4, 3, padding="same")(x)
+    cross = L.Concatenate()(
+        [L.Conv2D(2, (1, 5), padding="same")(stem), L.Conv2D(2, (5, 1), padding="same")(stem)]
+    )
+    dense = cross
+    for _ in range(3):
+        grown = L.Conv2D(2, 3, padding="same")(L.ReLU()(L.Conv2D(4, 1)(dense)))
+        dense = L.Concatenate()([dense, grown])
+    other = L.Cropping2D(1)(L.ZeroPadding2D(1)(stem))  # same shape, another tensor
+    both = L.Add()([L.Conv2D(3, 3, padding="same")(dense), L.Conv2D(3, 3, padding="same")(other)])
+    shared = L.DepthwiseConv2D(3, padding="same")
+    twice = L.Maximum()([shared(both), shared(shared(both))])
+    inner_in = keras.Input((None, None, 3))
+    inner = keras.Model(inner_in, L.AveragePooling2D(3, strides=1, padding="same")(inner_in))
+    nested = L.Average()([inner(twice), L.Conv2D(3, 2, padding="same")(twice)])
+    gate = L.Reshape((1, 1, 3))(L.GlobalAveragePooling2D()(nested))
+    gated = L.Multiply()([L.Conv2D(3, 3, padding="same", dilation_rate=2)(nested), gate])
+    stacked = L.Concatenate(axis=1)([gated, L.Conv2D(3, 3, padding="same")(nested)])
+    return keras.Model(inputs, L.Conv2D(2, 3, padding="same")(stacked))
+
+
+def test_runs_of_windows_measure_exactly_at_every_layer() -> None:
     # each output against the recurrence calculator: a run's end, a layer inside a run
     # (kept, so the run is cut there), and the output after a strided window
     model = _window_runs()
@@ -142,6 +225,9 @@ def test_fused_runs_measure_exactly_at_every_layer() -> None:
         (_window_runs, (1, 23, 26, 3)),
         (_every_kind_2d, (1, 16, 16, 3)),
         (_concatenations, (1, 9, 10, 3)),
+        (_unions, (1, 11, 12, 3)),
+        (_branches_1d, (1, 30, 2)),
+        (_constants, (1, 12, 12, 3)),
         (_every_kind_1d, (1, 40, 2)),
         (_every_kind_3d, (1, 6, 8, 6, 1)),
     ],
@@ -150,7 +236,9 @@ def test_narrowed_graph_has_the_supports_of_the_one_channel_copy(
     build: Any, shape: tuple[int, ...]
 ) -> None:
     """Each output unit's input gradient has the support it has in the one-channel copy
-    (the walk sums where the copy concatenates, so values differ, supports must not)."""
+    (the walk sums where the copy concatenates, so values differ, supports must not); a
+    model with a shared layer, which the copy does not narrow, against the full-width
+    copy (with positive weights every channel has that support)."""
     import tensorflow as tf
 
     model = build()
@@ -158,7 +246,7 @@ def test_narrowed_graph_has_the_supports_of_the_one_channel_copy(
     copy = build_copy(
         model, [None] * (len(shape) - 2), 0, dtype="float64", linearize=True, narrow=True
     )
-    assert copy.narrowed
+    assert copy.narrowed != (build is _unions)
 
     def supports(run: Any, x: Any) -> tuple[list[np.ndarray], Any, Any]:
         with tf.GradientTape(persistent=True) as tape:
@@ -419,6 +507,8 @@ def _applied(name: str) -> keras.Model:
     [
         (_every_kind_2d, (1, 24, 16, 3)),
         (_concatenations, (1, 9, 10, 3)),
+        (_unions, (1, 11, 12, 3)),
+        (_branches_1d, (1, 30, 2)),
         (_every_kind_1d, (1, 41, 2)),
         (_every_kind_3d, (1, 6, 8, 7, 1)),
         (lambda: _applied("MobileNetV3Small"), (1, 97, 64, 3)),

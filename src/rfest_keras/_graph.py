@@ -55,6 +55,7 @@ def run_graph(
     constants: Sequence[tuple[Any, np.ndarray]] = (),
     calls: Callable[[Any], Callable[..., Any]] | None = None,
     record: tuple[Any, list[Any]] | None = None,
+    tally: Tally | None = None,
 ) -> tuple[Any, Any]:
     """``model(inputs, training=False)`` and the elements of every layer output on the
     way but inputs passed through (a float64 tensor), calling each layer's ``call``
@@ -68,9 +69,9 @@ def run_graph(
     copy's). ``calls(operation)``, when given, runs in place of each operation's ``call``
     (:func:`rfest_keras._narrow.narrowed_call` on the user's own model). ``record``
     ``(operation, outputs)`` collects the output of each call of that operation (a layer
-    or a nested model)."""
+    or a nested model). ``tally`` counts the elements (a new one if not given)."""
 
-    tally = Tally()
+    tally = tally if tally is not None else Tally()
 
     def runner(operation: Any) -> Callable[..., Any]:
         run = direct(operation)

@@ -25,7 +25,6 @@ from typing import Any
 import keras
 import numpy as np
 
-from rfest_keras._fuse import fusions
 from rfest_keras._graph import graph_of, run_graph, summed
 from rfest_keras._linearize import (
     APPLICATION_LAYERS,
@@ -39,6 +38,8 @@ from rfest_keras._linearize import (
     mean_of,
     sum_of,
 )
+from rfest_keras._tally import Tally
+from rfest_keras._union import Unions
 from rfest_keras._windows import per_axis, uniform_window
 
 __all__ = ["narrowable", "narrowed_call", "run_narrowed"]
@@ -50,6 +51,7 @@ _TRANSPOSED = frozenset(f"Conv{d}DTranspose" for d in (1, 2, 3))
 _SEPARABLE = frozenset(f"SeparableConv{d}D" for d in (1, 2))
 _DEPTHWISE = frozenset(f"DepthwiseConv{d}D" for d in (1, 2))
 _WINDOWS = frozenset(f"{kind}Pooling{d}D" for kind in ("Average", "Max") for d in (1, 2, 3))
+_SCALINGS = frozenset({"Add", "Subtract", "Multiply", "TrueDivide", "Divide"})
 
 
 def narrowable(model: Any) -> bool:
@@ -75,7 +77,7 @@ def narrowed_call(operation: Any) -> Call | None:
         if kind not in ELEMENTWISE_OPERATIONS:
             return None
         call: Call = summed(operation) or linear_operation(operation) or operation.call
-        return call
+        return _without_constants(kind, call) if kind in _SCALINGS else call
     if module.startswith("keras.src.applications."):
         if kind not in APPLICATION_LAYERS:
             return None
@@ -109,20 +111,17 @@ def run_narrowed(
     replaced by its :func:`narrowed_call`, in ``dtype``; ``record`` ``(layer, outputs)``
     collects the output of each call of that layer (or nested model)."""
 
-    fused = fusions(model, keep=record[0] if record is not None else None)
+    tally = Tally()
+    unions = Unions(model, tally, keep=record[0] if record is not None else None)
 
     def calls(operation: Any) -> Call:
-        if id(operation) in fused.absorbed:
-            return _channel_sum
-        if id(operation) in fused.kernels:
-            return _one_filter(operation, type(operation).__name__, fused.kernels[id(operation)])
         call = narrowed_call(operation)
         if call is None:
             raise TypeError(f"{type(operation).__name__} has no one-channel counterpart")
-        return call
+        return unions.wrap(operation, call)
 
     with _computing_in(model, dtype):
-        return run_graph(model, inputs, calls=calls, record=record)
+        return run_graph(model, inputs, calls=calls, record=record, tally=tally)
 
 
 @contextlib.contextmanager
@@ -165,25 +164,43 @@ def _identity(inputs: Any, *args: Any, **kwargs: Any) -> Any:
     return inputs
 
 
+def _without_constants(kind: str, call: Call) -> Call:
+    """``x + c``, ``c - x``, ``x * c``, ``x / c`` with ``c`` a number (positive where it
+    scales) as ``x``. Linearized, the walk's gradient does not depend on values: a shift
+    changes no gradient, a positive scale no gradient's support. Each one traced costs
+    forward and backward operations (a sum's gradient: seven, to broadcast), and
+    MobileNetV3's hard sigmoids are ``(x + 3) * (1 / 6)``."""
+    shift = kind in ("Add", "Subtract")
+
+    def call_or_pass(*args: Any, **kwargs: Any) -> Any:
+        if len(args) == 2 and not kwargs:
+            numbers = [_number(a, shift) for a in args]
+            if numbers == [False, True]:
+                return args[0]
+            if numbers == [True, False] and kind in ("Add", "Subtract", "Multiply"):
+                return args[1]
+        return call(*args, **kwargs)
+
+    return call_or_pass
+
+
+def _number(value: Any, shift: bool) -> bool:
+    """A Python number that, as a shift (any) or a scale (positive), keeps the support."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return shift or value > 0
+
+
 def _constant(shape: tuple[int, ...], value: float, dtype: Any) -> Any:
     return keras.ops.convert_to_tensor(np.full(shape, value), dtype=dtype)
 
 
-def _channel_sum(inputs: Any, *args: Any, **kwargs: Any) -> Any:
-    """A window absorbed into the next (:mod:`rfest_keras._fuse`): its channels summed."""
-    if int(inputs.shape[-1]) == 1:
-        return inputs
-    import tensorflow as tf
-
-    return tf.reduce_sum(inputs, axis=-1, keepdims=True)
-
-
-def _one_filter(layer: Any, kind: str, fused: tuple[int, ...] | None = None) -> Call:
+def _one_filter(layer: Any, kind: str) -> Call:
     """The layer with one output filter (a depthwise layer: its multiplier per channel),
     its weights ``1 / fan_in`` as :func:`rfest_keras._linearize.constant_value` sets them,
-    and no bias or activation; ``fused``, the kernel of the run of windows it ends."""
+    and no bias or activation."""
     data_format = getattr(layer, "data_format", "channels_last")
-    kernel = fused or tuple(getattr(layer, "kernel_size", ()))
+    kernel = tuple(getattr(layer, "kernel_size", ()))
     taps = math.prod(kernel)
     geometry = {
         "strides": tuple(getattr(layer, "strides", ())),
