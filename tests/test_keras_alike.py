@@ -13,6 +13,7 @@ keras = pytest.importorskip("keras")
 import numpy as np  # noqa: E402
 from keras import layers as L  # noqa: E402
 
+from keras_recurrence import field_of  # noqa: E402
 from rfest._estimate import estimate  # noqa: E402
 from rfest_keras import KerasGradientProvider  # noqa: E402
 from rfest_keras._alike import axes_alike  # noqa: E402
@@ -62,8 +63,36 @@ ALIKE: dict[str, Callable[[Any], Any]] = {
     ),
 }
 
+
+def _factorized(x: Any) -> Any:
+    """Inception's 7x7 as a 1x7 then a 7x1 window, beside a branch of its own."""
+    seven = L.Conv2D(4, (7, 1), padding="same")(L.ReLU()(L.Conv2D(4, (1, 7), padding="same")(x)))
+    return L.Conv2D(4, 3, strides=2)(L.Concatenate()([seven, L.Conv2D(4, 1)(x)]))
+
+
+def _cross(x: Any) -> Any:
+    """InceptionV3's last blocks: a 1x3 and a 3x1 window of one tensor, concatenated."""
+    x = L.Conv2D(4, 3, strides=2)(x)
+    cross = [L.Conv2D(2, (1, 3), padding="same")(x), L.Conv2D(2, (3, 1), padding="same")(x)]
+    return L.AveragePooling2D(2)(L.Concatenate()(cross))
+
+
+BY_WINDOWS: dict[str, Callable[[Any], Any]] = {
+    "a 1x7 then a 7x1 window": _factorized,
+    "a 1x3 and a 3x1 window concatenated": _cross,
+}
+
+ALIKE.update(BY_WINDOWS)
+
 NOT_ALIKE: dict[str, Callable[[Any], Any]] = {
     "a 1x7 kernel": lambda x: L.Conv2D(4, (1, 7))(x),
+    "a 'same' 1x7 kernel": lambda x: L.Conv2D(4, (1, 7), padding="same")(x),
+    "a 1x7 read by a strided window before the 7x1": lambda x: L.Conv2D(4, (7, 1), padding="same")(
+        L.Conv2D(4, 3, strides=2)(L.Conv2D(4, (1, 7), padding="same")(x))
+    ),
+    "a 1x5 and a 5x3 window added": lambda x: L.Add()(
+        [L.Conv2D(4, (1, 5), padding="same")(x), L.Conv2D(4, (5, 3), padding="same")(x)]
+    ),
     "strides (1, 2)": lambda x: L.Conv2D(4, 3, strides=(1, 2))(x),
     "dilation (1, 2)": lambda x: L.Conv2D(4, 3, dilation_rate=(1, 2))(x),
     "pool (2, 1)": lambda x: L.MaxPooling2D((2, 1))(x),
@@ -112,6 +141,16 @@ def test_the_provider_claims_it_only_where_it_is_proved() -> None:
     two = keras.Model([image, mask], L.Conv2D(4, 3)(L.Concatenate()([image, mask])))
     second = KerasGradientProvider(two, input_shape=(32, 32, 3), input="image")
     assert not second.axes_alike("output")
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="proved on TensorFlow")
+@pytest.mark.parametrize("body", BY_WINDOWS.values(), ids=BY_WINDOWS.keys())
+def test_windows_alike_only_in_their_sum_measure_exactly(body: Callable[[Any], Any]) -> None:
+    model = _model(body)
+    provider = KerasGradientProvider(model, input_shape=(33, 33, 3))
+    assert provider.axes_alike("output")
+    rf = estimate(provider, "output")
+    assert (rf.size, rf.stride, rf.padding) == field_of(model, (33, 33))
 
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="proved on TensorFlow")

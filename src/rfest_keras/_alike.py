@@ -15,6 +15,7 @@ constant that is not a scalar (``x * mask``) makes the answer False.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable
 from typing import Any
@@ -24,24 +25,87 @@ import numpy as np
 
 from rfest_keras._graph import graph_of
 from rfest_keras._linearize import APPLICATION_LAYERS, ELEMENTWISE_OPERATIONS, adds_unit_axes
+from rfest_keras._union import passes_one_channel, stride_1_window, summing
 
 __all__ = ["axes_alike"]
 
 
 def axes_alike(model: Any) -> bool:
     """Every operation of ``model``'s graph, at any depth, is the same along every spatial
-    axis (a model that is not a Keras graph: False)."""
+    axis, or a stride-1 window whose sums of windows (:mod:`rfest_keras._union`) are, where
+    another layer reads them (a model that is not a Keras graph: False).
+
+    A 1x7 window then a 7x1 one (Inception's factorized convolutions) is not the same
+    along both axes, but their support is one 7x7 window's; a 1x3 and a 3x1 window of one
+    tensor, concatenated, make a cross that is the same along both. Only supports matter
+    to the estimator, so such models count as alike: InceptionV3 and InceptionResNetV2
+    then cost one axis' probes, not two."""
     graph = graph_of(model)
     if graph is None:
         return False
-    for nodes in graph._nodes_by_depth.values():
-        for node in nodes:
+    windows: dict[int, Terms] = {}  # tensor -> the windows of alike tensors it sums
+    for depth in sorted(graph._nodes_by_depth, reverse=True):  # inputs first
+        for node in graph._nodes_by_depth[depth]:
+            if node.is_input:
+                continue
+            terms = _as_windows(node, windows)
+            if terms is not None:
+                windows[id(node.outputs[0])] = terms
+                continue
+            if not all(_symmetric(windows.get(id(t))) for t in node.input_tensors):
+                return False
             operation = node.operation
             inner = graph_of(operation)
             if inner is not None:
                 if not axes_alike(inner):
                     return False
             elif not _operation_alike(operation, node):
+                return False
+    return all(_symmetric(windows.get(id(t))) for t in graph.outputs)
+
+
+Terms = frozenset[tuple[int, tuple[int, ...]]]
+
+
+def _as_windows(node: Any, windows: dict[int, Terms]) -> Terms | None:
+    """The sum of windows ``node``'s output is, as ``(tensor id, kernel)`` terms, where
+    the node is a stride-1 window, a pass-through or a merge of one spatial shape;
+    else None."""
+    operation, inputs = node.operation, node.input_tensors
+    if len(node.outputs) != 1 or not inputs:
+        return None
+
+    def of(tensor: Any) -> Terms:
+        rank = len(tensor.shape) - 2
+        return windows.get(id(tensor), frozenset({(id(tensor), (1,) * rank)}))
+
+    kernel = stride_1_window(operation)
+    if kernel is not None and len(inputs) == 1:
+        return frozenset(
+            (base, tuple(a + b - 1 for a, b in zip(inner, kernel, strict=True)))
+            for base, inner in of(inputs[0])
+        )
+    if passes_one_channel(operation) and len(inputs) == 1:
+        return of(inputs[0])
+    if summing(operation) and len({tuple(t.shape[:-1]) for t in inputs}) == 1:
+        rank = len(inputs[0].shape)
+        if type(operation).__name__ == "Concatenate" and int(operation.axis) % rank != rank - 1:
+            return None
+        return frozenset().union(*(of(t) for t in inputs))
+    return None
+
+
+def _symmetric(terms: Terms | None) -> bool:
+    """A sum of windows (None: a plain tensor, alike) the same along every axis: each
+    window's axes permuted is covered by a window of the same tensor."""
+    if terms is None:
+        return True
+    for base, kernel in terms:
+        for permuted in itertools.permutations(kernel):
+            if not any(
+                b == base and all(k >= p for k, p in zip(other, permuted, strict=True))
+                for b, other in terms
+            ):
                 return False
     return True
 

@@ -42,7 +42,7 @@ from rfest_keras._linearize import IDENTITY_LAYERS, MERGES
 from rfest_keras._tally import Tally
 from rfest_keras._windows import per_axis, uniform_window
 
-__all__ = ["Unions", "Windows", "stride_1_window"]
+__all__ = ["Unions", "Windows", "passes_one_channel", "stride_1_window", "summing"]
 
 Call = Callable[..., Any]
 
@@ -155,7 +155,7 @@ def _geometry(
     return kernel, per_axis(operation.strides, len(kernel)), dilation
 
 
-def _summing(operation: Any) -> bool:
+def summing(operation: Any) -> bool:
     """A merge whose linearized value has the support of the union of its inputs."""
     kind, module = type(operation).__name__, type(operation).__module__
     if module.startswith("keras.src.ops.numpy"):
@@ -202,7 +202,7 @@ class Unions:
                 return call(inputs, *args, **kwargs)
 
             return passed
-        if _summing(operation):
+        if summing(operation):
 
             def summed(*args: Any, **kwargs: Any) -> Any:
                 values = list(args[0]) if len(args) == 1 else list(args)
