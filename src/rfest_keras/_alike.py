@@ -25,7 +25,7 @@ import numpy as np
 
 from rfest_keras._graph import graph_of
 from rfest_keras._linearize import APPLICATION_LAYERS, ELEMENTWISE_OPERATIONS, adds_unit_axes
-from rfest_keras._union import passes_one_channel, stride_1_window, summing
+from rfest_keras._union import composed, covers, passes_one_channel, stride_1_window, summing
 
 __all__ = ["axes_alike"]
 
@@ -81,10 +81,7 @@ def _as_windows(node: Any, windows: dict[int, Terms]) -> Terms | None:
 
     kernel = stride_1_window(operation)
     if kernel is not None and len(inputs) == 1:
-        return frozenset(
-            (base, tuple(a + b - 1 for a, b in zip(inner, kernel, strict=True)))
-            for base, inner in of(inputs[0])
-        )
+        return frozenset((base, composed(inner, kernel)) for base, inner in of(inputs[0]))
     if passes_one_channel(operation) and len(inputs) == 1:
         return of(inputs[0])
     if summing(operation) and len({tuple(t.shape[:-1]) for t in inputs}) == 1:
@@ -102,10 +99,7 @@ def _symmetric(terms: Terms | None) -> bool:
         return True
     for base, kernel in terms:
         for permuted in itertools.permutations(kernel):
-            if not any(
-                b == base and all(k >= p for k, p in zip(other, permuted, strict=True))
-                for b, other in terms
-            ):
+            if not any(b == base and covers(other, permuted) for b, other in terms):
                 return False
     return True
 

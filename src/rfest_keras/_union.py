@@ -42,7 +42,15 @@ from rfest_keras._linearize import IDENTITY_LAYERS, MERGES
 from rfest_keras._tally import Tally
 from rfest_keras._windows import per_axis, uniform_window
 
-__all__ = ["Unions", "Windows", "passes_one_channel", "stride_1_window", "summing"]
+__all__ = [
+    "Unions",
+    "Windows",
+    "composed",
+    "covers",
+    "passes_one_channel",
+    "stride_1_window",
+    "summing",
+]
 
 Call = Callable[..., Any]
 
@@ -70,12 +78,7 @@ class Windows:
 
     def then(self, kernel: tuple[int, ...]) -> Windows:
         """This value read through a window of ``kernel``."""
-        return Windows(
-            tuple(
-                (tensor, tuple(a + b - 1 for a, b in zip(inner, kernel, strict=True)))
-                for tensor, inner in self.terms
-            )
-        )
+        return Windows(tuple((tensor, composed(inner, kernel)) for tensor, inner in self.terms))
 
     @staticmethod
     def union(values: list[Windows]) -> Windows:
@@ -83,9 +86,9 @@ class Windows:
         tensor along every axis is left out."""
         terms: list[tuple[Any, tuple[int, ...]]] = []
         for tensor, kernel in (term for value in values for term in value.terms):
-            if any(t is tensor and _covers(k, kernel) for t, k in terms):
+            if any(t is tensor and covers(k, kernel) for t, k in terms):
                 continue
-            terms = [(t, k) for t, k in terms if not (t is tensor and _covers(kernel, k))]
+            terms = [(t, k) for t, k in terms if not (t is tensor and covers(kernel, k))]
             terms.append((tensor, kernel))
         return Windows(tuple(terms))
 
@@ -94,7 +97,13 @@ class Windows:
         return tuple(self.terms[0][0].shape[:-1])
 
 
-def _covers(outer: tuple[int, ...], inner: tuple[int, ...]) -> bool:
+def composed(first: tuple[int, ...], then: tuple[int, ...]) -> tuple[int, ...]:
+    """The kernel of two stride-1 'same' odd windows in a row."""
+    return tuple(a + b - 1 for a, b in zip(first, then, strict=True))
+
+
+def covers(outer: tuple[int, ...], inner: tuple[int, ...]) -> bool:
+    """Whether a centred window of ``outer`` holds one of ``inner`` along every axis."""
     return all(a >= b for a, b in zip(outer, inner, strict=True))
 
 
