@@ -23,6 +23,7 @@ import flax.linen as nn  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from jax import lax  # noqa: E402
 
+import rfest  # noqa: E402
 import rfest_jax  # noqa: E402
 from flax_models import (  # noqa: E402
     NNXConvBatchNormDropout,
@@ -38,6 +39,7 @@ from flax_models import (  # noqa: E402
     readme_function,
 )
 from rfest_jax._interpret import Value, _Rules  # noqa: E402
+from rfest_jax._provider import _NumpyMaps  # noqa: E402
 
 pytestmark = pytest.mark.jax
 
@@ -61,6 +63,22 @@ def grouped_after_concat(x: Array) -> Array:
     both = jnp.concatenate([a, b], axis=-1)  # channels 0-3 differ from 4-7
     y = grouped(both, random_kernel(3, 3, 3, 4, 8), groups=2)
     return grouped(jax.nn.relu(y), random_kernel(4, 3, 3, 1, 8), groups=8)  # depthwise
+
+
+def strided_depthwise_after_concat(x: Array) -> Array:
+    # NASNet's separable convolutions after a concatenation: the depthwise convolution
+    # sees channels that differ, and stays a window sum per channel (run in numpy).
+    a = conv(x, random_kernel(1, 1, 1, 2, 3), padding="SAME")
+    b = conv(x, random_kernel(2, 3, 3, 2, 3), padding="SAME")
+    both = jax.nn.relu(jnp.concatenate([a, b], axis=-1))
+    return lax.conv_general_dilated(
+        both,
+        random_kernel(3, 3, 3, 1, 6),
+        (2, 2),
+        "VALID",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=6,
+    )
 
 
 def depthwise_separable(x: Array) -> Array:
@@ -160,6 +178,7 @@ CASES: dict[str, tuple[Callable[[], Any], tuple[int, ...], str | None]] = {
     "normalised dense": (lambda: linen_pair(Normalised(), (10, 10, 1)), (10, 10, 1), None),
     "grouped after concat": (lambda: grouped_after_concat, (14, 14, 2), None),
     "depthwise separable": (lambda: depthwise_separable, (14, 14, 2), None),
+    "strided depthwise after concat": (lambda: strided_depthwise_after_concat, (15, 15, 2), None),
     "channel arithmetic": (lambda: channel_arithmetic, (12, 12, 2), None),
     "channel shuffle": (lambda: channel_shuffle, (12, 12, 2), None),
     "dense head": (lambda: dense_head, (10, 10, 2), None),
@@ -219,3 +238,19 @@ def test_narrowing_reaches_the_output_where_channels_agree() -> None:
 def test_narrow_option_is_checked() -> None:
     with pytest.raises(rfest_jax.provider.__globals__["OptionError"]):
         rfest_jax.provider(readme_function(), input_shape=(40, 40, 3), narrow="yes")
+
+
+def test_a_depthwise_convolution_of_differing_channels_runs_in_numpy() -> None:
+    fresh = lambda x: strided_depthwise_after_concat(x)  # noqa: E731  (its own trace cache)
+    p = rfest_jax.provider(fresh, input_shape=(15, 15, 2))
+    maps = p.gradient_maps((15, 15), "output", [(0, 0), (1, 1)])
+    (trace,) = p._traces.values()
+    (program,) = trace.compiled.values()
+    assert isinstance(program, _NumpyMaps) and program._program is not None  # not compiled
+    # By hand: the union of a 1x1 and a 'same' 3x3 reads rows r-1..r+1; the 3x3 stride-2
+    # depthwise window of unit i reads rows 2i..2i+2 of it: input rows 2i-1..2i+3.
+    for k, (first, last) in enumerate([(0, 3), (1, 5)]):
+        rows, cols = np.nonzero(maps[k])
+        assert (rows.min(), rows.max(), cols.min(), cols.max()) == (first, last, first, last)
+    field = rfest.compute(strided_depthwise_after_concat, (15, 15, 2), backend="jax")
+    assert (field.size, field.stride, field.padding) == ((5, 5), (2, 2), (1, 1))

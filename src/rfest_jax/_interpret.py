@@ -636,13 +636,11 @@ def _conv_narrowed(rules: _Rules, eqn: Any, lhs: Value, rhs: Value) -> Value | N
     elif groups == 1:
         single, scale = jnp.sum(lhs.array, axis=feature, keepdims=True), 1
     else:
-        return None
+        return _depthwise_box_sum(rules, eqn, lhs, rhs)
     kernel_shape = tuple(jnp.shape(rhs.array))
     fan_in = max(math.prod(kernel_shape) // kernel_shape[out_axis], 1)
     single = rules.promote(single)
-    if numbers.lhs_spec == numbers.out_spec and all(
-        lo >= 0 and hi >= 0 for lo, hi in params["padding"]
-    ):
+    if _as_window_sum(params):
         return Value(_box_sum(single, eqn, kernel_shape) * (scale / fan_in), True)
     kernel = jnp.full(
         tuple(1 if a in (out_axis, in_axis) else n for a, n in enumerate(kernel_shape)),
@@ -654,6 +652,34 @@ def _conv_narrowed(rules: _Rules, eqn: Any, lhs: Value, rhs: Value) -> Value | N
         params["preferred_element_type"] = rules.dtype
     (out,) = rules._raw_bind(eqn, [single, kernel], params)
     return Value(out, True)
+
+
+def _depthwise_box_sum(rules: _Rules, eqn: Any, lhs: Value, rhs: Value) -> Value | None:
+    """A depthwise convolution (one input channel per group, one output channel each) of
+    channels that differ (NASNet's separable convolutions after a concatenation): with a
+    constant kernel, each channel's window sum, scaled. Kept at full width, but a window
+    sum, which the numpy evaluation runs (:mod:`rfest_jax._numpy_eval`); a grouped
+    convolution would be compiled by XLA at every probe size (NASNetMobile: 10 s each)."""
+    numbers = eqn.params["dimension_numbers"]
+    kernel_shape = tuple(jnp.shape(rhs.array))
+    groups = eqn.params["feature_group_count"]
+    x = lhs.widened().array
+    if not (
+        groups == jnp.shape(x)[numbers.lhs_spec[1]] == kernel_shape[numbers.rhs_spec[0]]
+        and kernel_shape[numbers.rhs_spec[1]] == 1
+        and _as_window_sum(eqn.params)
+    ):
+        return None
+    fan_in = math.prod(kernel_shape) // groups
+    return Value(_box_sum(rules.promote(x), eqn, kernel_shape) * (1 / fan_in), True)
+
+
+def _as_window_sum(params: dict[str, Any]) -> bool:
+    """A convolution whose output lays out its axes as its input does, without a crop."""
+    numbers = params["dimension_numbers"]
+    return numbers.lhs_spec == numbers.out_spec and all(
+        lo >= 0 and hi >= 0 for lo, hi in params["padding"]
+    )
 
 
 def _box_sum(x: Any, eqn: Any, kernel_shape: tuple[int, ...]) -> Any:
