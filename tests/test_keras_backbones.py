@@ -131,3 +131,46 @@ def test_jax_route_skips_the_second_size_where_no_border_is_read(
     rf = estimate(measured, "pool")
     assert geometry(rf) == ((6, 6), (2, 2), (0, 0) if padding == "valid" else (2, 2))
     assert any(max(s) >= 1024 for s in sizes) == second_size
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="the jaxpr route's own trace")
+def test_jax_route_walks_built_in_graphs_without_layer_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A graph of built-in layers is traced by walking it and calling each layer's `call`
+    # (with training=False: BatchNormalization's moving statistics, Dropout off); Keras'
+    # `Layer.__call__` runs only where a layer is not built in (the custom layer below).
+    # By hand: k3 valid conv 3 / 1 / 0; 2x2 pooling 4 / 2 / 0; the custom doubling adds
+    # nothing.
+    inner = keras.Sequential(
+        [L.Conv2D(2, 3, name="conv"), L.BatchNormalization(), L.Dropout(0.5)], name="inner"
+    )
+    x = inputs = keras.Input((None, None, 1))
+    x = L.MaxPooling2D(2, name="pool")(inner(x))
+    built_in = keras.Model(inputs, x)
+    custom = keras.Model(inputs, Doubled(name="doubled")(x))
+    layer_calls: list[str] = []
+    original = L.Layer.__call__
+
+    def counted(self: L.Layer, *args: object, **kwargs: object) -> object:
+        layer_calls.append(self.name)
+        return original(self, *args, **kwargs)
+
+    for model, output in ((built_in, "pool"), (custom, "doubled")):
+        before = state(model)
+        layer_calls.clear()
+        monkeypatch.setattr(L.Layer, "__call__", counted)
+        rfs = rfest.compute(model, (24, 24, 1), output=["conv", output])
+        monkeypatch.setattr(L.Layer, "__call__", original)
+        assert geometry(rfs["conv"]) == ((3, 3), (1, 1), (0, 0))
+        assert geometry(rfs[output]) == ((4, 4), (2, 2), (0, 0))
+        assert_untouched(before, model)
+        if model is built_in:
+            assert layer_calls == []
+        else:
+            assert {"conv", "pool", "doubled"} <= set(layer_calls)
+
+
+class Doubled(L.Layer):
+    def call(self, x: object) -> object:
+        return keras.ops.multiply(x, 2.0)
