@@ -71,13 +71,15 @@ def keras_applications(session: nox.Session) -> None:
 
 @nox.session
 def keras_applications_backends(session: nox.Session) -> None:
-    """The keras.applications checks on Keras' JAX and PyTorch backends (a step of
-    .ci/run): the representative subset; RFEST_KERAS_APPLICATIONS=all sweeps all 40."""
+    """The keras.applications checks and the Keras decoders (against their brute-force
+    oracle) on Keras' JAX and PyTorch backends (a step of .ci/run): the representative
+    subset of applications; RFEST_KERAS_APPLICATIONS=all sweeps all 40."""
     _install(session, "-e", ".[all]", "--group", "test")
     for backend in ("jax", "torch"):
         session.run(
             "python", "-m", "pytest", "-p", "no:cacheprovider",
-            "tests/test_keras_applications.py", *session.posargs,
+            "tests/test_keras_applications.py", "tests/test_decoders_keras.py",
+            *session.posargs,
             env={"KERAS_BACKEND": backend},
         )  # fmt: skip
 

@@ -3,10 +3,12 @@
 The architectures of ``tests/test_decoders.py`` with Keras layers (``UpSampling``,
 ``Conv*DTranspose``; pixel shuffle as a small custom layer). Each is compared unit by
 unit with `decoder_oracle` run on a float64 copy of the network whose kernels are positive.
+``nox -s keras_applications_backends`` runs them on Keras' JAX and PyTorch backends too.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import numpy as np
@@ -24,11 +26,21 @@ pytestmark = pytest.mark.keras
 Build = Callable[[], "keras.Model"]
 
 
+def float64() -> contextlib.AbstractContextManager[object]:
+    """Float64 arrays for the oracle's copy: JAX truncates them unless x64 is on."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.enable_x64(True)
+    return contextlib.nullcontext()
+
+
 def forward_of(build: Build, channels: int) -> Callable[[np.ndarray], np.ndarray]:
     before = keras.config.floatx()
     keras.config.set_floatx("float64")
     try:
-        model = build()
+        with float64():
+            model = build()
     finally:
         keras.config.set_floatx(before)
     for weight in model.weights:
@@ -38,8 +50,11 @@ def forward_of(build: Build, channels: int) -> Callable[[np.ndarray], np.ndarray
 
     def forward(x: np.ndarray) -> np.ndarray:
         inputs = np.broadcast_to(x[..., None], (*x.shape, channels)).astype("float64")
-        out = keras.ops.convert_to_numpy(model(inputs, training=False))
-        return np.asarray(out, dtype=np.float64).sum(axis=-1)
+        with float64():
+            out = model(inputs, training=False)
+        if keras.backend.backend() == "torch":  # np.array of a torch tensor warns (NumPy 2)
+            out = out.detach().cpu().numpy()
+        return np.asarray(keras.ops.convert_to_numpy(out), dtype=np.float64).sum(axis=-1)
 
     return forward
 
