@@ -310,9 +310,10 @@ def _walked(
 ) -> Any:
     """``model(inputs, training=False)`` for a :func:`~rfest_keras._graph.direct_runnable`
     model, its graph walked with each layer's ``call`` (patched to record) instead of
-    ``__call__``: Keras' per-call bookkeeping was about half of a trace, paid at every
-    probe size (NASNetMobile: 1.7 s to 0.85 s a size). A nested model is walked too,
-    recorded as its ``call`` would be, and its declared input size is not checked."""
+    ``__call__``: Keras' per-call bookkeeping was about a third of a trace, paid at every
+    probe size (NASNetMobile: 1.4-1.8 s to 0.9-1.1 s a size, medians of six sizes in three
+    paired runs). A nested model is walked too, recorded as its ``call`` would be, and its
+    declared input size is not checked."""
 
     def operation_fn(operation: Any) -> Callable[..., Any]:
         graph = graph_of(operation)
