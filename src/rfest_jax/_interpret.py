@@ -663,15 +663,16 @@ def _depthwise_box_sum(rules: _Rules, eqn: Any, lhs: Value, rhs: Value) -> Value
     numbers = eqn.params["dimension_numbers"]
     kernel_shape = tuple(jnp.shape(rhs.array))
     groups = eqn.params["feature_group_count"]
-    x = lhs.widened().array
+    width = (lhs.shape or jnp.shape(lhs.array))[numbers.lhs_spec[1]]
     if not (
-        groups == jnp.shape(x)[numbers.lhs_spec[1]] == kernel_shape[numbers.rhs_spec[0]]
+        groups == width == kernel_shape[numbers.rhs_spec[0]]
         and kernel_shape[numbers.rhs_spec[1]] == 1
         and _as_window_sum(eqn.params)
     ):
         return None
     fan_in = math.prod(kernel_shape) // groups
-    return Value(_box_sum(rules.promote(x), eqn, kernel_shape) * (1 / fan_in), True)
+    x = rules.promote(lhs.widened().array)
+    return Value(_box_sum(x, eqn, kernel_shape) * (1 / fan_in), True)
 
 
 def _as_window_sum(params: dict[str, Any]) -> bool:
